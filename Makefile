@@ -1,0 +1,41 @@
+# Every target sets itself up: a virtualenv in .venv, the pinned packages, and (through Maven)
+# the jars of the local stack. Prerequisites: Python 3.11+, Java 17, Maven.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint stack-up stack-down stack-status clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m stack.localstack up
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_smoke.py -v
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check consumer stack tests
+	$(BIN)/mypy
+
+stack-up: $(STAMP)
+	$(BIN)/python -m stack.localstack up
+
+stack-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m stack.localstack down; else $(PYTHON) -m stack.localstack down; fi
+
+stack-status: $(STAMP)
+	$(BIN)/python -m stack.localstack status
+
+clean: stack-down
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

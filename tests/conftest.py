@@ -1,0 +1,87 @@
+"""Shared fixtures. Services come from the project's local stack (stack/localstack.py).
+
+The stack is started once per test session, on first use, and only the services this session
+started are stopped at its end; a stack that was already up is reused and left running.
+A test that needs a service fails (it is never skipped) when the service cannot be started.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from stack import localstack
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[localstack.Endpoints]:
+    endpoints, started = localstack.up(["kafka", "cassandra"])
+    yield endpoints
+    if started:
+        localstack.down(started)
+
+
+@pytest.fixture(scope="session")
+def registry_url(stack: localstack.Endpoints) -> Iterator[str]:
+    endpoints, started = localstack.up(["registry"])
+    yield endpoints.registry_url
+    if started:
+        localstack.down(started)
+
+
+def unique_name(request: pytest.FixtureRequest, prefix: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:24]
+    return f"{prefix}_{base}_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def admin(stack: localstack.Endpoints):  # type: ignore[no-untyped-def]
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": stack.bootstrap_servers})
+
+
+@pytest.fixture
+def make_topic(
+    request: pytest.FixtureRequest, stack: localstack.Endpoints, admin
+) -> Iterator[Callable[..., str]]:
+    """Create uniquely named topics for one test; they are deleted afterwards."""
+    from confluent_kafka.admin import NewTopic
+
+    created: list[str] = []
+
+    def make(partitions: int = 1, suffix: str = "t") -> str:
+        name = unique_name(request, suffix)
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for fut in admin.delete_topics(created).values():
+            fut.result(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def cql_session(stack: localstack.Endpoints):  # type: ignore[no-untyped-def]
+    from cassandra.cluster import Cluster
+
+    cluster = Cluster([stack.cql_host], port=stack.cql_port, protocol_version=5)
+    session = cluster.connect()
+    yield session
+    cluster.shutdown()
+
+
+@pytest.fixture
+def keyspace(request: pytest.FixtureRequest, cql_session) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A uniquely named keyspace for one test, dropped afterwards."""
+    name = unique_name(request, "ks")
+    cql_session.execute(
+        f"CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+    )
+    yield name
+    cql_session.execute(f"DROP KEYSPACE IF EXISTS {name}")
