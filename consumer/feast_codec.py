@@ -1,0 +1,326 @@
+"""Feast's online-store encodings, written without the `feast` package.
+
+* Feature values are serialized `feast.types.Value` protobuf messages. The bytes are produced here
+  directly: a oneof member is always written, even when it holds the default (Int64 0 is `20 00`),
+  packed encoding is used for repeated numbers, and a null (None, NaN, NaT) is the empty message.
+* Entity keys follow `feast.infra.key_encoding_utils.serialize_entity_key` for serialization
+  versions 2 and 3, and are stored by the Cassandra online store as lowercase hex.
+
+Scalar number columns are encoded with numpy a whole column at a time: the hot path of the daemon
+never builds a protobuf object. Equality with Feast's own bytes is proven in
+`tests/feast_compat/` against `feast` itself.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from consumer.dtypes import Dtype, Kind, ValueType
+
+BoolArray = npt.NDArray[np.bool_]
+
+_WIRE_VARINT = 0
+_WIRE_FIXED64 = 1
+_WIRE_LEN = 2
+_WIRE_FIXED32 = 5
+
+_SCALAR_WIRE = {
+    Kind.INT32: _WIRE_VARINT,
+    Kind.INT64: _WIRE_VARINT,
+    Kind.UNIX_TIMESTAMP: _WIRE_VARINT,
+    Kind.BOOL: _WIRE_VARINT,
+    Kind.FLOAT32: _WIRE_FIXED32,
+    Kind.FLOAT64: _WIRE_FIXED64,
+    Kind.STRING: _WIRE_LEN,
+    Kind.BYTES: _WIRE_LEN,
+}
+_FIXED_DTYPE: dict[Kind, np.dtype[Any]] = {Kind.FLOAT32: np.dtype("<f4"), Kind.FLOAT64: np.dtype("<f8")}
+_LIST_ITEM_TAG = bytes([(1 << 3) | _WIRE_LEN])  # repeated field 1 of BytesList, Int64List, ...
+
+
+def tag(dtype: Dtype) -> bytes:
+    wire = _WIRE_LEN if dtype.is_list else _SCALAR_WIRE[dtype.kind]
+    return _varint((dtype.field << 3) | wire)
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int, or of a negative int as its 64-bit two's complement."""
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SHORT_VARINTS = [bytes([n]) for n in range(128)]
+
+
+def _length_prefix(n: int) -> bytes:
+    return _SHORT_VARINTS[n] if n < 128 else _varint(n)
+
+
+# --------------------------------------------------------------------------- vectorised scalars
+
+
+def _split(flat: bytes, lengths: npt.NDArray[np.int64]) -> list[bytes]:
+    ends = np.cumsum(lengths).tolist()
+    starts = [0, *ends[:-1]]
+    return [flat[s:e] for s, e in zip(starts, ends, strict=True)]
+
+
+def _split_fixed(flat: bytes, width: int, n: int) -> list[bytes]:
+    return [flat[i : i + width] for i in range(0, n * width, width)]
+
+
+def _encode_fixed(prefix: bytes, raw: npt.NDArray[np.uint8]) -> list[bytes]:
+    """Each row is `prefix` followed by that row of `raw` (an n x w byte matrix)."""
+    n, w = raw.shape
+    mat = np.empty((n, len(prefix) + w), dtype=np.uint8)
+    mat[:, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+    mat[:, len(prefix) :] = raw
+    return _split_fixed(mat.tobytes(), mat.shape[1], n)
+
+
+def _encode_varints(prefix: bytes, values: npt.NDArray[np.int64]) -> list[bytes]:
+    """Each row is `prefix` followed by the protobuf varint of that int64 (negatives take 10 bytes)."""
+    u = values.astype(np.int64, copy=False).view(np.uint64)
+    n_groups = np.ones(u.shape[0], dtype=np.int64)
+    for k in range(1, 10):
+        n_groups += u >= np.uint64(1 << (7 * k))
+    shifts = (np.arange(10, dtype=np.uint64) * np.uint64(7))[None, :]
+    groups = ((u[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
+    more = np.arange(10)[None, :] < (n_groups[:, None] - 1)
+    groups |= more.astype(np.uint8) << np.uint8(7)
+    p = len(prefix)
+    mat = np.empty((u.shape[0], p + 10), dtype=np.uint8)
+    mat[:, :p] = np.frombuffer(prefix, dtype=np.uint8)
+    mat[:, p:] = groups
+    keep = np.arange(p + 10)[None, :] < (n_groups[:, None] + p)
+    return _split(mat[keep].tobytes(), n_groups + p)
+
+
+def _encode_scalar_numbers(dtype: Dtype, values: npt.NDArray[Any]) -> list[bytes]:
+    prefix = tag(dtype)
+    kind = dtype.kind
+    if kind in _FIXED_DTYPE:
+        with np.errstate(over="ignore"):
+            arr = np.ascontiguousarray(values, dtype=_FIXED_DTYPE[kind])
+        return _encode_fixed(prefix, arr.view(np.uint8).reshape(arr.shape[0], -1))
+    if kind is Kind.BOOL:
+        arr = np.ascontiguousarray(values, dtype=np.bool_).view(np.uint8).reshape(-1, 1)
+        return _encode_fixed(prefix, arr)
+    return _encode_varints(prefix, np.asarray(values, dtype=np.int64))
+
+
+# --------------------------------------------------------------------------- per-row encoders
+
+
+def _scalar_encoder(dtype: Dtype) -> Callable[[Any], bytes]:
+    prefix = tag(dtype)
+    kind = dtype.kind
+    if kind is Kind.STRING:
+        def enc_str(v: Any) -> bytes:
+            raw = str(v).encode("utf-8")
+            return prefix + _length_prefix(len(raw)) + raw
+        return enc_str
+    if kind is Kind.BYTES:
+        def enc_bytes(v: Any) -> bytes:
+            raw = bytes(v)
+            return prefix + _length_prefix(len(raw)) + raw
+        return enc_bytes
+    if kind is Kind.FLOAT32:
+        return lambda v: prefix + _float32_bytes([v])
+    if kind is Kind.FLOAT64:
+        return lambda v: prefix + struct.pack("<d", v)
+    if kind is Kind.BOOL:
+        return lambda v: prefix + (b"\x01" if v else b"\x00")
+    return lambda v: prefix + _varint(int(v))
+
+
+def _float32_bytes(items: Sequence[Any]) -> bytes:
+    # Rounds like protobuf's double -> float conversion; out of range becomes +-inf, as in Feast.
+    with np.errstate(over="ignore"):
+        return np.asarray(items, dtype=np.float64).astype("<f4").tobytes()
+
+
+def _packed_payload(kind: Kind, items: Sequence[Any]) -> bytes:
+    if kind is Kind.FLOAT32:
+        return _float32_bytes(items)
+    if kind is Kind.FLOAT64:
+        return struct.pack(f"<{len(items)}d", *items)
+    if kind is Kind.BOOL:
+        return bytes(1 if v else 0 for v in items)
+    return b"".join(_varint(int(v)) for v in items)
+
+
+# Feast replaces None items inside a list by a type default before encoding (type_map._LIST_NONE_DEFAULTS).
+_NULL_TIMESTAMP_INT = -9223372036854775808  # Feast's NULL_TIMESTAMP_INT_VALUE: int64 minimum
+_LIST_ITEM_DEFAULTS: dict[Kind, Any] = {
+    Kind.STRING: "",
+    Kind.BYTES: b"",
+    Kind.INT32: 0,
+    Kind.INT64: 0,
+    Kind.FLOAT32: 0.0,
+    Kind.FLOAT64: 0.0,
+    Kind.BOOL: False,
+    Kind.UNIX_TIMESTAMP: _NULL_TIMESTAMP_INT,
+}
+
+
+def _list_encoder(dtype: Dtype) -> Callable[[Any], bytes]:
+    prefix = tag(dtype)
+    kind = dtype.kind
+    default = _LIST_ITEM_DEFAULTS[kind]
+
+    def encode(items: Any) -> bytes:
+        items = [default if v is None else v for v in items]
+        if kind is Kind.STRING or kind is Kind.BYTES:
+            parts = []
+            for item in items:
+                raw = item.encode("utf-8") if kind is Kind.STRING else bytes(item)
+                parts.append(_LIST_ITEM_TAG + _length_prefix(len(raw)) + raw)
+            body = b"".join(parts)
+        elif items:
+            packed = _packed_payload(kind, items)
+            body = _LIST_ITEM_TAG + _length_prefix(len(packed)) + packed
+        else:
+            body = b""  # an empty packed field is not written at all
+        return prefix + _length_prefix(len(body)) + body
+
+    return encode
+
+
+def is_null_scalar(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return bool(value is np.datetime64("NaT"))
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def encode_values(dtype: Dtype, values: Any, nulls: BoolArray | None = None) -> list[bytes]:
+    """Serialized `feast.types.Value` for every row of one feature column.
+
+    `values` is a numpy array for scalar numbers and bools (with `nulls` marking missing rows; NaN
+    in a float column counts as null, as in Feast), or a sequence of Python objects (None for null)
+    for strings, bytes and lists. UnixTimestamp values are int64 seconds since the epoch, as Feast
+    stores them.
+    """
+    if dtype.is_list or dtype.kind in (Kind.STRING, Kind.BYTES):
+        encode = _list_encoder(dtype) if dtype.is_list else _scalar_encoder(dtype)
+        return [b"" if v is None else encode(v) for v in values]
+    arr = np.asarray(values)
+    if arr.shape[0] == 0:
+        return []
+    null_mask = np.zeros(arr.shape[0], dtype=np.bool_) if nulls is None else np.asarray(nulls, np.bool_)
+    if arr.dtype.kind == "f":
+        null_mask = null_mask | np.isnan(arr)
+    if null_mask.any():
+        out: list[bytes] = [b""] * arr.shape[0]
+        present = np.flatnonzero(~null_mask)
+        if present.size:
+            for i, encoded in zip(present.tolist(), _encode_scalar_numbers(dtype, arr[present]), strict=True):
+                out[i] = encoded
+        return out
+    return _encode_scalar_numbers(dtype, arr)
+
+
+def encode_value(dtype: Dtype, value: Any) -> bytes:
+    """One serialized `feast.types.Value` (convenience for single values and tests)."""
+    if dtype.is_list:
+        return b"" if value is None else _list_encoder(dtype)(value)
+    if is_null_scalar(value):
+        return b""
+    return _scalar_encoder(dtype)(value)
+
+
+# --------------------------------------------------------------------------- entity keys
+
+SUPPORTED_KEY_VERSIONS = (2, 3)
+_KEY_STRING_TYPE = struct.pack("<I", ValueType.STRING)
+
+
+def _key_value_bytes(dtype: Dtype, value: Any) -> bytes:
+    kind = dtype.kind
+    if kind is Kind.STRING:
+        raw: bytes = value.encode("utf-8")
+        return raw
+    if kind is Kind.BYTES:
+        return bytes(value)
+    if kind is Kind.INT32:
+        return struct.pack("<i", int(value))
+    return struct.pack("<q", int(value))  # INT64 and UNIX_TIMESTAMP
+
+
+def key_prefix(join_keys: Sequence[str], version: int) -> bytes:
+    """The part of a serialized entity key that names the (sorted) join keys."""
+    if version not in SUPPORTED_KEY_VERSIONS:
+        raise ValueError(f"entity_key_serialization_version {version} is not supported; use 2 or 3")
+    out = [struct.pack("<I", len(join_keys))] if version > 2 else []
+    for name in sorted(join_keys):
+        raw = name.encode("utf-8")
+        out.append(_KEY_STRING_TYPE)
+        if version > 2:
+            out.append(struct.pack("<I", len(raw)))
+        out.append(raw)
+    return b"".join(out)
+
+
+def serialize_entity_key(keys: Sequence[tuple[str, Dtype, Any]], version: int = 3) -> bytes:
+    """Feast's `serialize_entity_key` for one entity: (join key, value type, value) triples."""
+    ordered = sorted(keys, key=lambda k: k[0])
+    out = [key_prefix([k[0] for k in ordered], version)]
+    for _, dtype, value in ordered:
+        raw = _key_value_bytes(dtype, value)
+        out.append(struct.pack("<II", dtype.value_type, len(raw)))
+        out.append(raw)
+    return b"".join(out)
+
+
+def entity_key_hex(
+    join_keys: Sequence[tuple[str, Dtype]], columns: Sequence[Any], version: int = 3
+) -> list[str]:
+    """Hex entity keys, as the Cassandra online store stores them, for whole key columns.
+
+    `columns[i]` holds the values of `join_keys[i]` (a numpy array for numbers, a sequence otherwise).
+    A single int64 or int32 key, the common case, is encoded with numpy without a Python loop.
+    """
+    n = len(columns[0]) if columns else 0
+    if n == 0:
+        return []
+    if len(join_keys) == 1 and join_keys[0][1].kind in (Kind.INT64, Kind.INT32, Kind.UNIX_TIMESTAMP):
+        name, dtype = join_keys[0]
+        width = 4 if dtype.kind is Kind.INT32 else 8
+        head = key_prefix([name], version) + struct.pack("<II", dtype.value_type, width)
+        arr = np.ascontiguousarray(columns[0], dtype="<i4" if width == 4 else "<i8")
+        mat = np.empty((n, len(head) + width), dtype=np.uint8)
+        mat[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
+        mat[:, len(head) :] = arr.view(np.uint8).reshape(n, width)
+        hexed = mat.tobytes().hex()
+        step = 2 * mat.shape[1]
+        return [hexed[i : i + step] for i in range(0, n * step, step)]
+    order = sorted(range(len(join_keys)), key=lambda i: join_keys[i][0])
+    prefix = key_prefix([join_keys[i][0] for i in order], version)
+    dtypes = [join_keys[i][1] for i in order]
+    cols = [columns[i] for i in order]
+    out: list[str] = []
+    for row in range(n):
+        parts = [prefix]
+        for dtype, col in zip(dtypes, cols, strict=True):
+            raw = _key_value_bytes(dtype, col[row])
+            parts.append(struct.pack("<II", dtype.value_type, len(raw)))
+            parts.append(raw)
+        out.append(b"".join(parts).hex())
+    return out
