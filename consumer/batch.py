@@ -222,9 +222,16 @@ def _text_values(p: ColumnPlan, raw: list[Any], limits: Limits, problems: _Probl
     return out
 
 
+_NUMERIC_KINDS = (Kind.INT32, Kind.INT64, Kind.FLOAT32, Kind.FLOAT64)
+
+
 def _list_item(p: ColumnPlan, item: Any) -> Any:
     kind = p.dtype.kind
     if item is None:
+        if kind in _NUMERIC_KINDS:
+            # Feast's push path has no stable encoding for these: it refuses int lists and writes NaN
+            # or 0.0 into float lists depending on the other items.
+            raise ValueError(f"has a null item, which {p.dtype} cannot hold in Feast (use NaN for floats)")
         return None
     if kind is Kind.INT32 and not INT32_MIN <= item <= INT32_MAX:
         raise ValueError(f"item {item} is outside the Int32 range")
@@ -318,6 +325,10 @@ def _map_group(group: _Group, limits: Limits, now_ms: int) -> tuple[_Part | None
         if p.nullable and None in raw:
             problems.add_mask(np.fromiter((v is None for v in raw), np.bool_, n), f"join key {p.column!r} is null")
         columns[p.column] = _column(p, raw, limits, problems, "join key")
+        if p.dtype.kind is Kind.BYTES:
+            # Feast cannot serialize (and so never serves) an empty bytes key.
+            problems.add_mask(np.fromiter((v is not None and len(v) == 0 for v in raw), np.bool_, n),
+                              f"join key {p.column!r} is empty bytes, which Feast cannot serve")
 
     event_ms = _timestamps(plan.event_ts, [r[plan.event_ts.field] for r in records], problems, True,
                            "event timestamp")

@@ -146,17 +146,24 @@ def _scalar_encoder(dtype: Dtype) -> Callable[[Any], bytes]:
     return lambda v: prefix + _varint(int(v))
 
 
+def _float_array(items: Sequence[Any]) -> npt.NDArray[np.float64]:
+    arr = np.asarray(items, dtype=np.float64)
+    # NaN items are written as the canonical quiet NaN, whatever their payload (as Feast's push path,
+    # which passes list items through pyarrow, does).
+    return np.where(np.isnan(arr), np.nan, arr)
+
+
 def _float32_bytes(items: Sequence[Any]) -> bytes:
     # Rounds like protobuf's double -> float conversion; out of range becomes +-inf, as in Feast.
-    with np.errstate(over="ignore"):
-        return np.asarray(items, dtype=np.float64).astype("<f4").tobytes()
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _float_array(items).astype("<f4").tobytes()
 
 
 def _packed_payload(kind: Kind, items: Sequence[Any]) -> bytes:
     if kind is Kind.FLOAT32:
         return _float32_bytes(items)
     if kind is Kind.FLOAT64:
-        return struct.pack(f"<{len(items)}d", *items)
+        return _float_array(items).astype("<f8").tobytes()
     if kind is Kind.BOOL:
         return bytes(1 if v else 0 for v in items)
     return b"".join(_varint(int(v)) for v in items)

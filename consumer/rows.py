@@ -140,11 +140,11 @@ def column_for_codec(dtype: Dtype, column: pd.Series) -> tuple[Any, BoolArray | 
     if kind in (Kind.STRING, Kind.BYTES):
         return _object_values(column, False), None
     if kind is Kind.UNIX_TIMESTAMP:
+        # NaT stays what Feast's push path makes of it: the int64 minimum, its null-timestamp
+        # sentinel, which Feast reads back as None (not an empty Value).
         series = pd.to_datetime(column, utc=True)
-        nulls = series.isna().to_numpy()
         secs = series.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
-        secs = secs.astype("datetime64[s]").astype(np.int64)
-        return secs, nulls
+        return secs.astype("datetime64[s]").astype(np.int64), None
     nulls = column.isna().to_numpy()
     if kind in (Kind.FLOAT32, Kind.FLOAT64):
         return column.to_numpy(dtype=np.float64, na_value=np.nan), nulls

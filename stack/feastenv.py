@@ -1,0 +1,53 @@
+"""A separate virtualenv with Feast 0.67, for tests and benchmarks that run Feast itself.
+
+The daemon never imports `feast`; this environment exists to prove compatibility: byte equality of
+encodings, and Feast serving what the daemon wrote.
+
+    python -m stack.feastenv          # create it if missing, print its python
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+REQUIREMENT = "feast[cassandra]==0.67.0"
+CONSTRAINTS = HERE / "feast-constraints.txt"
+
+
+def venv_dir() -> Path:
+    return Path(os.environ.get("FEAST_VENV", ROOT / ".venv-feast"))
+
+
+def python() -> Path:
+    return venv_dir() / "bin" / "python"
+
+
+def _installed() -> bool:
+    stamp = venv_dir() / ".installed"
+    return python().exists() and stamp.exists() and stamp.read_text().strip() == REQUIREMENT
+
+
+def ensure(echo: bool = True) -> Path:
+    """Create the virtualenv and install Feast unless that was done already; return its python."""
+    if _installed():
+        return python()
+    target = venv_dir()
+    if echo:
+        print(f"creating {target} with {REQUIREMENT} (once; this takes a few minutes)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
+    pip = [str(python()), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    proc = subprocess.run([*pip, "-c", str(CONSTRAINTS), REQUIREMENT], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"installing {REQUIREMENT} into {target} failed:\n{proc.stdout}\n{proc.stderr}")
+    (target / ".installed").write_text(REQUIREMENT)
+    return python()
+
+
+if __name__ == "__main__":
+    print(ensure())
