@@ -110,7 +110,7 @@ def main():
     for line in sys.stdin:
         try:
             out = answer(json.loads(line))
-        except Exception as exc:  # report, keep serving
+        except Exception as exc:  # noqa: BLE001 - report any refusal, keep serving
             out = {"error": f"{type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()

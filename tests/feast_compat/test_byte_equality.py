@@ -21,8 +21,8 @@ Two generation rules avoid Feast defects rather than copy them (docs/decoding.md
 from __future__ import annotations
 
 import base64
-import os
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,9 @@ MICROS_2200 = 7258118400 * 10**6
 SAFE_INT = 2**53
 
 SETTINGS = settings(
-    max_examples=int(os.environ.get("FEAST_COMPAT_EXAMPLES", "40")), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=int(os.environ.get("FEAST_COMPAT_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
 
