@@ -156,7 +156,7 @@ def _describe(avro_type: Any) -> str:
     return json.dumps(avro_type) if isinstance(avro_type, list) else str(avro_type)
 
 
-def _timestamp_unit(avro_type: Any, view: FeatureView, what: str) -> int:
+def _timestamp_unit(avro_type: Any, view: FeatureView) -> int:
     logical = avro_type.get("logicalType") if isinstance(avro_type, dict) else None
     base = _type_name(avro_type)
     if logical in _TS_LOGICAL_UNITS and base == "long":
@@ -164,11 +164,10 @@ def _timestamp_unit(avro_type: Any, view: FeatureView, what: str) -> int:
     if base in ("long", "int") and logical is None:
         if view.timestamp_unit is None:
             raise ValueError(
-                f"{what} is a plain Avro {base}; give it a timestamp logical type "
-                "or set the view's timestamp_unit"
+                f"is a plain Avro {base}; give it a timestamp logical type or set the view's timestamp_unit"
             )
         return _CONFIG_UNITS[view.timestamp_unit]
-    raise ValueError(f"{what} is Avro {_describe(avro_type)}, not a timestamp (a long with a timestamp logical type)")
+    raise ValueError(f"is Avro {_describe(avro_type)}, not a timestamp (a long with a timestamp logical type)")
 
 
 def _column_plan(
@@ -189,7 +188,7 @@ def _column_plan(
             item_type, inner = avro_type, _type_name(avro_type)
         to_micros = 0
         if dtype.kind is Kind.UNIX_TIMESTAMP:
-            to_micros = _timestamp_unit(item_type, view, "it")
+            to_micros = _timestamp_unit(item_type, view)
         elif inner not in _COMPATIBLE[dtype.kind] or (
             isinstance(item_type, dict) and item_type.get("logicalType") in _TS_LOGICAL_UNITS
         ):
@@ -206,7 +205,7 @@ def _timestamp_plan(
         raise ValueError(f"{what} {name!r} is missing from the writer schema")
     try:
         avro_type, nullable = _unwrap(fields[name], named)
-        unit = _timestamp_unit(avro_type, view, "it")
+        unit = _timestamp_unit(avro_type, view)
     except ValueError as exc:
         raise ValueError(f"{what} {name!r} {exc}") from None
     return ColumnPlan(name, name, DTYPES["UnixTimestamp"], nullable, _type_name(avro_type), unit)

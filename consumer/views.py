@@ -213,7 +213,7 @@ def parse_views(raw: Sequence[Any], base_dir: Path | None = None) -> list[Featur
         except ValidationError as err:
             raise ConfigError(f"{label}: {_describe_for_view(err, item)}") from None
         if view.schema_ref.file and base_dir is not None and not Path(view.schema_ref.file).is_absolute():
-            ref = view.schema_ref.model_copy(update={"file": str(base_dir / view.schema_ref.file)})
+            ref = view.schema_ref.model_copy(update={"file": str((base_dir / view.schema_ref.file).resolve())})
             view = view.model_copy(update={"schema_ref": ref})
         views.append(view)
     check_views(views)

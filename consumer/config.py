@@ -1,0 +1,273 @@
+"""Typed settings: a YAML file, overridden by the environment, validated at start-up.
+
+Every key can be overridden by an environment variable named `FEATURE_CONSUMER_<SECTION>__<KEY>`
+(for example `FEATURE_CONSUMER_KAFKA__BOOTSTRAP_SERVERS`, `FEATURE_CONSUMER_CASSANDRA__PASSWORD`),
+which is how deployments inject what is secret or specific to them. Secrets can also be read from files
+in a directory (`FEATURE_CONSUMER_SECRETS_DIR`, one file per variable name, as Kubernetes mounts a
+Secret). Secrets are `SecretStr`: they are never printed, logged or shown by `check`.
+
+`KafkaSettings.consumer_config()` / `producer_config()` are the only places that build librdkafka
+configuration; anything in `kafka.settings` is passed through to librdkafka unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from consumer.batch import Limits
+from consumer.errors import ConfigError
+from consumer.views import TOPIC, FeatureView, check_identifier, parse_views
+
+ENV_PREFIX = "FEATURE_CONSUMER_"
+
+Consistency = Literal["ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "LOCAL_ONE"]
+SerialConsistency = Literal["SERIAL", "LOCAL_SERIAL"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "feature-consumer"
+    dead_letter_topic: str = "feature-consumer.dead-letter"
+    client_id: str = "feature-consumer"
+    # Where a group with no committed offset starts.
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(45_000, ge=6_000)
+    max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    # librdkafka properties passed through as they are (e.g. fetch.max.bytes).
+    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not TOPIC.match(value):
+            raise ValueError(f"{value!r} is not a valid Kafka topic name")
+        return value
+
+    def _common(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        return conf
+
+    def consumer_config(self) -> dict[str, Any]:
+        conf = self._common()
+        conf.update({
+            "group.id": self.group_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": self.auto_offset_reset,
+            "session.timeout.ms": self.session_timeout_ms,
+            "max.poll.interval.ms": self.max_poll_interval_ms,
+        })
+        conf.update(self.settings)
+        return conf
+
+    def producer_config(self) -> dict[str, Any]:
+        conf = self._common()
+        conf.update({"acks": "all", "enable.idempotence": True, "linger.ms": 5})
+        conf.update({k: v for k, v in self.settings.items() if not _consumer_only(k)})
+        return conf
+
+    def admin_config(self) -> dict[str, Any]:
+        conf = self._common()
+        conf.update({k: v for k, v in self.settings.items() if not _consumer_only(k)})
+        return conf
+
+
+def _consumer_only(key: str) -> bool:
+    return key.startswith(("group.", "fetch.", "auto.", "enable.auto", "session.", "max.poll", "partition.",
+                           "isolation.", "queued.", "heartbeat."))
+
+
+_DEFAULT_REPLICATION: dict[str, str | int] = {"class": "SimpleStrategy", "replication_factor": 1}
+
+
+class CassandraSettings(_Section):
+    hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1"], min_length=1)
+    port: int = Field(9042, ge=1, le=65535)
+    keyspace: str = "feast"
+    username: str | None = None
+    password: SecretStr | None = None
+    # Data centre of this process: routes requests to local replicas (DCAwareRoundRobinPolicy).
+    local_dc: str | None = None
+    consistency: Consistency = "LOCAL_QUORUM"
+    serial_consistency: SerialConsistency = "LOCAL_SERIAL"
+    protocol_version: int | None = None
+    request_timeout_s: float = Field(10.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    # Conditional batches in flight at once (the sliding window of the writer).
+    max_in_flight: int = Field(64, ge=1, le=4096)
+    # Entities whose stored timestamps this process remembers, to skip certainly stale writes.
+    cache_entries: int = Field(1_000_000, ge=0)
+    ssl_ca_file: str | None = None
+    ssl_cert_file: str | None = None
+    ssl_key_file: str | None = None
+    # Replication of the keyspace `init-schema` creates when it does not exist.
+    replication: dict[str, str | int] = Field(default_factory=lambda: _DEFAULT_REPLICATION.copy())
+
+    @field_validator("keyspace")
+    @classmethod
+    def _keyspace(cls, value: str) -> str:
+        return check_identifier(value, "keyspace")
+
+
+class RegistrySettings(_Section):
+    url: str
+    # `user:password` for HTTP basic authentication.
+    basic_auth_user_info: SecretStr | None = None
+
+    def client_config(self) -> dict[str, Any]:
+        if self.basic_auth_user_info is None:
+            return {}
+        return {
+            "basic.auth.credentials.source": "USER_INFO",
+            "basic.auth.user.info": self.basic_auth_user_info.get_secret_value(),
+        }
+
+
+class BatchSettings(_Section):
+    """How messages are grouped into micro-batches (see consumer/policy.py)."""
+
+    max_records: int = Field(5000, ge=1, le=1_000_000)
+    max_wait_ms: int = Field(250, ge=1)
+    # Messages held in memory across batches, beyond which partitions are paused.
+    max_buffered: int = Field(50_000, ge=1)
+
+
+class LimitsSettings(_Section):
+    max_value_bytes: int = Field(1 << 20, ge=1)
+    max_list_items: int = Field(10_000, ge=1)
+    max_future_ms: int | None = Field(24 * 3600 * 1000, ge=0)
+
+    def limits(self) -> Limits:
+        return Limits(self.max_value_bytes, self.max_list_items, self.max_future_ms)
+
+
+class RunSettings(_Section):
+    # On SIGTERM: time to finish in-flight writes, commit and leave the group.
+    drain_timeout_s: float = Field(20.0, gt=0)
+    # Retry pause after a transient failure grows from min to max.
+    backoff_min_ms: int = Field(200, ge=1)
+    backoff_max_ms: int = Field(10_000, ge=1)
+    commit_interval_ms: int = Field(1000, ge=0)
+
+
+class MetricsSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(9400, ge=0, le=65535)
+    # /healthz fails when the loop has not turned for this long.
+    stuck_after_s: float = Field(60.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True,
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
+    schema_registry: RegistrySettings | None = None
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    feast_repo: str | None = None
+    views: list[FeatureView] = Field(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file: deployments override what the file says.
+        return env_settings, file_secret_settings, init_settings
+
+    def with_views(self, views: list[FeatureView]) -> Settings:
+        """These settings with their (already validated) views, checked against each other."""
+        if not views:
+            raise ConfigError("no feature views: give `views:` in the config file or --feast-repo")
+        topics = {t for v in views for t in v.topics}
+        if self.kafka.dead_letter_topic in topics:
+            raise ConfigError(f"kafka.dead_letter_topic: {self.kafka.dead_letter_topic!r} is also a source topic")
+        return self.model_copy(update={"views": list(views)})
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted({t for v in self.views for t in v.topics})
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read, merge and validate the configuration; ConfigError names the offending key."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raw = loaded
+        base = path.resolve().parent
+    raw = {**raw, **(overrides or {})}
+    views_raw = raw.pop("views", None) or []
+    if not isinstance(views_raw, list):
+        raise ConfigError("views: must be a list of feature views")
+    views = parse_views(views_raw, base_dir=base)
+    secrets_dir = os.environ.get(f"{ENV_PREFIX}SECRETS_DIR")
+    try:
+        settings = Settings(**raw, _secrets_dir=secrets_dir)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+    # Views are validated on their own (errors then name the view), and attached unvalidated again.
+    return settings if not views and settings.feast_repo else settings.with_views(views)

@@ -1,0 +1,103 @@
+"""Small builders shared by the tests: messages, Avro bodies, views."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+
+from consumer.views import FeatureView
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER_SCHEMA_PATH = ROOT / "schemas" / "driver_hourly_stats.avsc"
+DRIVER_SCHEMA: dict[str, Any] = json.loads(DRIVER_SCHEMA_PATH.read_text())
+T0_MICROS = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z
+NOW_MS = T0_MICROS // 1000 + 3_600_000
+
+
+@dataclass
+class FakeMessage:
+    """Stands in for confluent_kafka.Message in pure tests (same accessor methods)."""
+
+    _topic: str
+    _partition: int
+    _offset: int
+    _value: bytes | None
+    _key: bytes | None = None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)
+
+
+def avro_body(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(json.loads(json.dumps(schema))), record)
+    return buf.getvalue()
+
+
+def framed(schema_id: int, body: bytes) -> bytes:
+    return b"\x00" + struct.pack(">I", schema_id) + body
+
+
+def driver_record(driver_id: int = 1001, ts: int = T0_MICROS, created: int = T0_MICROS, conv: float = 0.5,
+                  acc: float = 0.25, trips: int = 7) -> dict[str, Any]:
+    """A driver_hourly_stats record; timestamps in microseconds (written as plain longs)."""
+    return {"driver_id": driver_id, "event_timestamp": ts, "created": created, "conv_rate": conv,
+            "acc_rate": acc, "avg_daily_trips": trips}
+
+
+def plain_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The same schema with timestamp logical types removed, to write raw integers."""
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "logicalType"}
+        if isinstance(node, list):
+            return [strip(n) for n in node]
+        return node
+    return strip(schema)  # type: ignore[no-any-return]
+
+
+def driver_body(**fields: Any) -> bytes:
+    return avro_body(plain_schema(DRIVER_SCHEMA), driver_record(**fields))
+
+
+def driver_view(**overrides: Any) -> FeatureView:
+    spec: dict[str, Any] = {
+        "name": "driver_hourly_stats",
+        "project": "feast_demo",
+        "topics": ["driver_stats"],
+        "entities": [{"name": "driver_id", "value_type": "INT64"}],
+        "features": [
+            {"name": "conv_rate", "dtype": "Float32"},
+            {"name": "acc_rate", "dtype": "Float32"},
+            {"name": "avg_daily_trips", "dtype": "Int64"},
+        ],
+        "timestamp_field": "event_timestamp",
+        "created_timestamp_field": "created",
+        "schema": {"file": str(DRIVER_SCHEMA_PATH)},
+    }
+    spec.update(overrides)
+    return FeatureView.model_validate(spec)
