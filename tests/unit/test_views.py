@@ -122,7 +122,7 @@ def test_views_sharing_a_topic_need_registry_framing() -> None:
 
 
 def test_a_registry_view_without_a_registry_is_refused() -> None:
-    with pytest.raises(ConfigError, match="needs schema_registry.url"):
+    with pytest.raises(ConfigError, match=r"needs schema_registry\.url"):
         topic_decoders(parse_views([spec(schema={"registry": True})]), None)
 
 
