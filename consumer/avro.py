@@ -323,6 +323,9 @@ class TopicDecoder:
     registry: SchemaSource | None = None
     file_schema: WriterSchema | None = None
     _by_id: dict[int, WriterSchema | UnknownSchemaError | SchemaMismatchError] = field(default_factory=dict)
+    # The hot path's cache: Confluent header (5 bytes) -> (parsed writer schema, plans), filled by
+    # `decode` on the first message of each schema id that resolves.
+    fast: dict[bytes, tuple[Any, list[Plan]]] = field(default_factory=dict)
 
     @property
     def framed(self) -> bool:
@@ -401,6 +404,10 @@ class TopicDecoder:
             raise DecodeError(f"{extra} trailing bytes after the Avro record ({_writer_label(writer)})")
         if not isinstance(record, dict):
             raise DecodeError(f"{_writer_label(writer)} decoded to {type(record).__name__}, not a record")
+        if start:
+            self.fast[value[:HEADER_SIZE]] = (writer.parsed, plans)
+        else:
+            self.fast[b""] = (writer.parsed, plans)
         return plans, record
 
 

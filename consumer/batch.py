@@ -11,6 +11,7 @@ created timestamp (a missing one is the oldest); on a further tie, the later mes
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -20,7 +21,9 @@ import numpy.typing as npt
 import pandas as pd
 
 from consumer import rows as rowmod
-from consumer.avro import ColumnPlan, Plan, TopicDecoder
+from fastavro import schemaless_reader
+
+from consumer.avro import HEADER_SIZE, ColumnPlan, Plan, TopicDecoder
 from consumer.dtypes import Kind
 from consumer.errors import FramingError, MappingError, RecordError, Source
 from consumer.rows import NULL_MS, EncodedRows
@@ -61,21 +64,28 @@ class ViewBatch:
     view: FeatureView
     frame: pd.DataFrame  # the coalesced push frame
     rows: EncodedRows  # aligned with frame
-    sources: list[Source]  # the record each row came from
+    positions: npt.NDArray[np.int64]  # per row: the position in the batch of the record it came from
     records: int  # rows before coalescing
     superseded: int  # rows dropped because a newer record for the same entity was in the batch
 
 
 @dataclass
 class Batch:
+    messages: Sequence[Message]
     views: list[ViewBatch]
     rejected: list[Rejected]
     next_offsets: dict[tuple[str, int], int]  # per (topic, partition): the offset to commit
-    size: int
+
+    @property
+    def size(self) -> int:
+        return len(self.messages)
 
     @property
     def written_rows(self) -> int:
         return sum(len(v.rows) for v in self.views)
+
+    def source(self, position: int) -> Source:
+        return source_of(self.messages[position])
 
 
 @dataclass
@@ -102,35 +112,78 @@ def assemble(
     """
     rejected: list[Rejected] = []
     next_offsets: dict[tuple[str, int], int] = {}
-    groups: dict[tuple[str, str], dict[int, _Group]] = {}
-    view_order: dict[tuple[str, str], FeatureView] = {}
+    groups: dict[int, _Group] = {}
+
+    def sinks_for(plans: list[Plan]) -> list[_Group]:
+        out = []
+        for plan in plans:
+            group = groups.get(id(plan))
+            if group is None:
+                group = groups[id(plan)] = _Group(plan)
+            out.append(group)
+        return out
+
+    reader = schemaless_reader
+    new_buffer = io.BytesIO
+    last_topic: str | None = None
+    decoder: TopicDecoder | None = None
+    fast: dict[bytes, tuple[Any, list[Plan]]] = {}
+    start = 0
+    last_entry: tuple[Any, list[Plan]] | None = None
+    sinks: list[_Group] = []
+    # The hot loop: a decoder's cache gives the parsed writer schema and plans for a known header; every
+    # other case (new schema id, bad framing, corrupt body) takes `decoder.decode`, which raises the
+    # typed error or fills the cache.
     for position, message in enumerate(messages):
         topic = message.topic() or ""
         tp = (topic, message.partition() or 0)
         offset = message.offset() or 0
         if next_offsets.get(tp, -1) <= offset:
             next_offsets[tp] = offset + 1
-        decoder = decoders.get(topic)
+        if topic != last_topic:
+            last_topic = topic
+            decoder = decoders.get(topic)
+            if decoder is not None:
+                fast = decoder.fast
+                start = HEADER_SIZE if decoder.framed else 0
         if decoder is None:
             err = FramingError(f"no feature view reads topic {topic!r}").at(source_of(message))
             rejected.append(Rejected(message, err))
             continue
-        try:
-            plans, record = decoder.decode(message.value())
-        except RecordError as exc:
-            rejected.append(Rejected(message, exc.at(source_of(message))))
-            continue
-        for plan in plans:
-            vkey = (plan.view.project, plan.view.name)
-            view_order.setdefault(vkey, plan.view)
-            group = groups.setdefault(vkey, {}).setdefault(id(plan), _Group(plan))
+        value = message.value()
+        entry = fast.get(value[:start]) if value is not None else None
+        record = None
+        if entry is not None:
+            buf = new_buffer(value)
+            buf.seek(start)
+            try:
+                record = reader(buf, entry[0], None)
+            except Exception:  # noqa: BLE001 - re-decoded below to raise the typed error
+                record = None
+            if record is None or buf.tell() != len(value):  # type: ignore[arg-type]
+                record = None
+            elif entry is not last_entry:
+                last_entry = entry
+                sinks = sinks_for(entry[1])
+        if record is None:
+            try:
+                plans, record = decoder.decode(value)
+            except RecordError as exc:
+                rejected.append(Rejected(message, exc.at(source_of(message))))
+                continue
+            last_entry = None
+            sinks = sinks_for(plans)
+        for group in sinks:
             group.records.append(record)
             group.positions.append(position)
 
+    by_view: dict[tuple[str, str], list[_Group]] = {}
+    for group in groups.values():
+        by_view.setdefault((group.plan.view.project, group.plan.view.name), []).append(group)
     views: list[ViewBatch] = []
-    for vkey, view in view_order.items():
+    for view_groups in by_view.values():
         parts = []
-        for group in groups[vkey].values():
+        for group in view_groups:
             part, bad = _map_group(group, limits, now_ms)
             for position, reason in bad:
                 message = messages[position]
@@ -138,8 +191,8 @@ def assemble(
             if part is not None:
                 parts.append(part)
         if parts:
-            views.append(_coalesce(view, parts, messages))
-    return Batch(views, rejected, next_offsets, len(messages))
+            views.append(_coalesce(view_groups[0].plan.view, parts))
+    return Batch(messages, views, rejected, next_offsets)
 
 
 # --------------------------------------------------------------------------- mapping
@@ -171,7 +224,7 @@ class _Problems:
 
 
 def _ints(p: ColumnPlan, raw: list[Any], problems: _Problems, what: str) -> npt.NDArray[np.int64]:
-    filled = [0 if v is None else v for v in raw]
+    filled = [0 if v is None else v for v in raw] if p.nullable else raw
     try:
         return np.array(filled, dtype=np.int64)
     except OverflowError:
@@ -305,12 +358,13 @@ def _timestamps(
     p: ColumnPlan, raw: list[Any], problems: _Problems, required: bool, what: str
 ) -> npt.NDArray[np.int64]:
     """A timestamp field -> int64 milliseconds (NULL_MS where missing and allowed)."""
-    nulls = np.fromiter((v is None for v in raw), dtype=np.bool_, count=len(raw))
-    if required:
-        problems.add_mask(nulls, f"{what} {p.column!r} is missing")
     micros = _to_micros(p, _ints(p, raw, problems, what), problems, what)
     ms = np.floor_divide(micros, 1000)
-    ms[nulls] = NULL_MS
+    if p.nullable:
+        nulls = np.fromiter((v is None for v in raw), dtype=np.bool_, count=len(raw))
+        if required:
+            problems.add_mask(nulls, f"{what} {p.column!r} is missing")
+        ms[nulls] = NULL_MS
     return ms
 
 
@@ -393,10 +447,13 @@ def newest_per_key(
     return np.sort(order[last])
 
 
-def _coalesce(view: FeatureView, parts: list[_Part], messages: Sequence[Message]) -> ViewBatch:
+_INT_KEY_KINDS = (Kind.INT64, Kind.INT32, Kind.UNIX_TIMESTAMP)
+
+
+def _coalesce(view: FeatureView, parts: list[_Part]) -> ViewBatch:
     if len(parts) == 1:
         part = parts[0]
-        frame = pd.DataFrame(part.columns)
+        frame = pd.DataFrame(part.columns, copy=False)
         event_ms, created_ms, positions = part.event_ms, part.created_ms, part.positions
     else:
         frame = pd.concat([pd.DataFrame(p.columns) for p in parts], ignore_index=True)
@@ -406,12 +463,19 @@ def _coalesce(view: FeatureView, parts: list[_Part], messages: Sequence[Message]
         order = np.argsort(positions, kind="stable")
         frame = frame.iloc[order].reset_index(drop=True)
         event_ms, created_ms, positions = event_ms[order], created_ms[order], positions[order]
-    keys = rowmod.entity_keys(view, frame)
-    codes, _ = pd.factorize(np.asarray(keys, dtype=object))
-    winners = newest_per_key(codes.astype(np.int64), event_ms, created_ms, positions)
+    join_keys = view.join_keys
+    if len(join_keys) == 1 and join_keys[0][1].kind in _INT_KEY_KINDS:
+        # One integer key: it tells entities apart by itself; hex keys are built for the winners only.
+        codes = frame[join_keys[0][0]].to_numpy(dtype=np.int64)
+        keys = None
+    else:
+        keys = rowmod.entity_keys(view, frame)
+        codes = pd.factorize(np.asarray(keys, dtype=object))[0].astype(np.int64)
+    winners = newest_per_key(codes, event_ms, created_ms, positions)
     if winners.size != len(frame):
         frame = frame.iloc[winners].reset_index(drop=True)
-        keys = [keys[i] for i in winners.tolist()]
-    encoded = rowmod.encode_frame(view, frame, keys)
-    sources = [source_of(messages[i]) for i in positions[winners].tolist()]
-    return ViewBatch(view, frame, encoded, sources, records=len(positions), superseded=len(positions) - len(winners))
+        keys = None if keys is None else [keys[i] for i in winners.tolist()]
+        event_ms, created_ms = event_ms[winners], created_ms[winners]
+    encoded = rowmod.encode_frame(view, frame, keys, event_ms=event_ms, created_ms=created_ms)
+    return ViewBatch(view, frame, encoded, positions[winners], records=len(positions),
+                     superseded=len(positions) - len(winners))

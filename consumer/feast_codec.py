@@ -71,14 +71,26 @@ def _length_prefix(n: int) -> bytes:
 # --------------------------------------------------------------------------- vectorised scalars
 
 
-def _split(flat: bytes, lengths: npt.NDArray[np.int64]) -> list[bytes]:
-    ends = np.cumsum(lengths).tolist()
-    starts = [0, *ends[:-1]]
-    return [flat[s:e] for s, e in zip(starts, ends, strict=True)]
+def _rows(mat: npt.NDArray[np.uint8]) -> list[bytes]:
+    """Each row of a C-contiguous byte matrix as one bytes object (numpy's void view: no per-row slicing)."""
+    n, width = mat.shape
+    if width == 0:
+        return [b""] * n
+    out: list[bytes] = np.ascontiguousarray(mat).view(f"V{width}").ravel().tolist()
+    return out
 
 
-def _split_fixed(flat: bytes, width: int, n: int) -> list[bytes]:
-    return [flat[i : i + width] for i in range(0, n * width, width)]
+def _ragged_rows(mat: npt.NDArray[np.uint8], lengths: npt.NDArray[np.int64]) -> list[bytes]:
+    """Row i of `mat`, cut to lengths[i] bytes; rows of one length are converted together."""
+    distinct = np.unique(lengths)
+    if distinct.size == 1:
+        return _rows(mat[:, : int(distinct[0])])
+    out = np.empty(mat.shape[0], dtype=object)
+    for length in distinct.tolist():
+        idx = np.flatnonzero(lengths == length)
+        out[idx] = _rows(mat[idx, :length])
+    result: list[bytes] = out.tolist()
+    return result
 
 
 def _encode_fixed(prefix: bytes, raw: npt.NDArray[np.uint8]) -> list[bytes]:
@@ -87,7 +99,7 @@ def _encode_fixed(prefix: bytes, raw: npt.NDArray[np.uint8]) -> list[bytes]:
     mat = np.empty((n, len(prefix) + w), dtype=np.uint8)
     mat[:, : len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
     mat[:, len(prefix) :] = raw
-    return _split_fixed(mat.tobytes(), mat.shape[1], n)
+    return _rows(mat)
 
 
 def _encode_varints(prefix: bytes, values: npt.NDArray[np.int64]) -> list[bytes]:
@@ -104,8 +116,7 @@ def _encode_varints(prefix: bytes, values: npt.NDArray[np.int64]) -> list[bytes]
     mat = np.empty((u.shape[0], p + 10), dtype=np.uint8)
     mat[:, :p] = np.frombuffer(prefix, dtype=np.uint8)
     mat[:, p:] = groups
-    keep = np.arange(p + 10)[None, :] < (n_groups[:, None] + p)
-    return _split(mat[keep].tobytes(), n_groups + p)
+    return _ragged_rows(mat, n_groups + p)
 
 
 def _encode_scalar_numbers(dtype: Dtype, values: npt.NDArray[Any]) -> list[bytes]:
@@ -296,6 +307,19 @@ def serialize_entity_key(keys: Sequence[tuple[str, Dtype, Any]], version: int = 
     return b"".join(out)
 
 
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8).astype(np.uint32)
+
+
+def _hex_rows(mat: npt.NDArray[np.uint8]) -> list[str]:
+    """Lowercase hex of each row, as str, built as UCS-4 code points and read through numpy's `U` view."""
+    n, width = mat.shape
+    codes = np.empty((n, 2 * width), dtype=np.uint32)
+    codes[:, 0::2] = _HEX_DIGITS[mat >> 4]
+    codes[:, 1::2] = _HEX_DIGITS[mat & 0x0F]
+    out: list[str] = codes.view(f"U{2 * width}").ravel().tolist()
+    return out
+
+
 def entity_key_hex(
     join_keys: Sequence[tuple[str, Dtype]], columns: Sequence[Any], version: int = 3
 ) -> list[str]:
@@ -315,9 +339,7 @@ def entity_key_hex(
         mat = np.empty((n, len(head) + width), dtype=np.uint8)
         mat[:, : len(head)] = np.frombuffer(head, dtype=np.uint8)
         mat[:, len(head) :] = arr.view(np.uint8).reshape(n, width)
-        hexed = mat.tobytes().hex()
-        step = 2 * mat.shape[1]
-        return [hexed[i : i + step] for i in range(0, n * step, step)]
+        return _hex_rows(mat)
     order = sorted(range(len(join_keys)), key=lambda i: join_keys[i][0])
     prefix = key_prefix([join_keys[i][0] for i in order], version)
     dtypes = [join_keys[i][1] for i in order]

@@ -167,15 +167,26 @@ def entity_keys(view: FeatureView, frame: pd.DataFrame) -> list[str]:
     )
 
 
-def encode_frame(view: FeatureView, frame: pd.DataFrame, keys: list[str] | None = None) -> EncodedRows:
-    """Serialize a push frame for the online store (keys may be passed when already computed)."""
-    event_ms, event_nulls = timestamps_ms(frame[view.timestamp_field])
-    if event_nulls.any():
-        raise ValueError(f"view {view.name!r}: {int(event_nulls.sum())} rows have no event timestamp")
-    if view.created_timestamp_field and view.created_timestamp_field in frame:
-        created_ms, _ = timestamps_ms(frame[view.created_timestamp_field])
-    else:
-        created_ms = np.full(len(frame), NULL_MS, dtype=np.int64)
+def encode_frame(
+    view: FeatureView,
+    frame: pd.DataFrame,
+    keys: list[str] | None = None,
+    event_ms: Int64Array | None = None,
+    created_ms: Int64Array | None = None,
+) -> EncodedRows:
+    """Serialize a push frame for the online store.
+
+    Keys and millisecond timestamps may be passed when the caller computed them already.
+    """
+    if event_ms is None:
+        event_ms, event_nulls = timestamps_ms(frame[view.timestamp_field])
+        if event_nulls.any():
+            raise ValueError(f"view {view.name!r}: {int(event_nulls.sum())} rows have no event timestamp")
+    if created_ms is None:
+        if view.created_timestamp_field and view.created_timestamp_field in frame:
+            created_ms, _ = timestamps_ms(frame[view.created_timestamp_field])
+        else:
+            created_ms = np.full(len(frame), NULL_MS, dtype=np.int64)
     values = {}
     for feature in view.features:
         data, nulls = column_for_codec(feature.dtype, frame[feature.name])

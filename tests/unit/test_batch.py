@@ -56,7 +56,7 @@ def test_newest_record_per_entity_wins_by_event_then_created_then_offset() -> No
     frame = vb.frame.set_index("driver_id")
     assert frame.loc[1, "conv_rate"] == pytest.approx(0.4)
     assert frame.loc[2, "conv_rate"] == pytest.approx(0.6)
-    assert sorted(s.offset for s in vb.sources) == [103, 105]
+    assert sorted(batch.source(p).offset for p in vb.positions) == [103, 105]
     assert (vb.records, vb.superseded) == (6, 4)
     assert batch.next_offsets == {(TOPIC, 0): 106}
 
@@ -128,12 +128,14 @@ def test_a_missing_event_timestamp_is_a_mapping_error() -> None:
 def test_a_missing_created_timestamp_is_allowed_and_oldest() -> None:
     schema = nullable(DRIVER_SCHEMA, "created")
     bodies = [avro_body(plain_schema(schema), dict(driver_record(conv=0.9), created=c)) for c in (T0_MICROS, None)]
-    [vb] = run(bodies, decoders_for(schema)).views
+    batch = run(bodies, decoders_for(schema))
+    [vb] = batch.views
     assert vb.frame.loc[0, "conv_rate"] == pytest.approx(0.9)
-    assert vb.sources[0].offset == 100  # the record with a created timestamp beats the one without
+    assert batch.source(vb.positions[0]).offset == 100  # a record with a created timestamp beats one without
     bodies.reverse()
-    [vb] = run(bodies, decoders_for(schema)).views
-    assert vb.sources[0].offset == 101
+    batch = run(bodies, decoders_for(schema))
+    [vb] = batch.views
+    assert batch.source(vb.positions[0]).offset == 101
     assert vb.rows.created_ms.tolist() == [T0_MICROS // 1000]
 
 
