@@ -19,10 +19,9 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-
-from consumer import rows as rowmod
 from fastavro import schemaless_reader
 
+from consumer import rows as rowmod
 from consumer.avro import HEADER_SIZE, ColumnPlan, Plan, TopicDecoder
 from consumer.dtypes import Kind
 from consumer.errors import FramingError, MappingError, RecordError, Source
@@ -151,16 +150,16 @@ def assemble(
             rejected.append(Rejected(message, err))
             continue
         value = message.value()
+        record: Any = None
         entry = fast.get(value[:start]) if value is not None else None
-        record = None
-        if entry is not None:
+        if entry is not None and value is not None:
             buf = new_buffer(value)
             buf.seek(start)
             try:
                 record = reader(buf, entry[0], None)
             except Exception:  # noqa: BLE001 - re-decoded below to raise the typed error
                 record = None
-            if record is None or buf.tell() != len(value):  # type: ignore[arg-type]
+            if record is None or buf.tell() != len(value):
                 record = None
             elif entry is not last_entry:
                 last_entry = entry
