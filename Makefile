@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint stack-up stack-down stack-status clean
+.PHONY: venv feast-venv demo test lint bench stack-up stack-down stack-status clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
@@ -17,6 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# Feast 0.67 in its own virtualenv, for the compatibility tests and benchmark anchors (created on first use).
+feast-venv: $(STAMP)
+	$(BIN)/python -m stack.feastenv
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.decode
+
 demo: $(STAMP)
 	$(BIN)/python -m stack.localstack up
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_smoke.py -v
@@ -25,7 +32,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check consumer stack tests
+	$(BIN)/ruff check consumer stack tests bench
 	$(BIN)/mypy
 
 stack-up: $(STAMP)
