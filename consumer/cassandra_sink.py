@@ -17,7 +17,6 @@ Errors are classified here, once:
 
 from __future__ import annotations
 
-import enum
 import logging
 import queue
 import ssl
@@ -36,6 +35,7 @@ from consumer.config import CassandraSettings
 from consumer.errors import ConfigError, StoreUnavailable
 from consumer.guard import FirstGuess, Known, Op, Step, Version
 from consumer.rows import NULL_MS, EncodedRows
+from consumer.store import RowStatus, StoredCell, WriteReport
 from consumer.views import FeatureView, check_identifier
 
 log = logging.getLogger(__name__)
@@ -84,37 +84,6 @@ def create_table_cql(keyspace: str, view: FeatureView) -> str:
         "    PRIMARY KEY ((entity_key), feature_name)\n"
         ") WITH CLUSTERING ORDER BY (feature_name ASC)"
     )
-
-
-# --------------------------------------------------------------------------- outcomes
-
-
-class RowStatus(enum.Enum):
-    APPLIED = "applied"  # every feature written
-    PARTIAL = "partial"  # some features written, the others already newer
-    STALE = "stale"  # nothing written: the stored values are newer
-    FAILED = "failed"  # Cassandra refused this entity's write (see `failures`)
-
-
-@dataclass
-class WriteReport:
-    statuses: list[RowStatus]
-    failures: dict[int, str] = field(default_factory=dict)
-    requests: int = 0
-    not_applied: int = 0  # conditional requests Cassandra did not apply (stale, or a round that learnt)
-    retries: int = 0
-    cache_skips: int = 0  # certainly stale rows that needed no request at all
-    latencies: list[float] = field(default_factory=list)
-
-    def count(self, status: RowStatus) -> int:
-        return sum(1 for s in self.statuses if s is status)
-
-
-@dataclass(frozen=True)
-class StoredCell:
-    value: bytes
-    event_ms: int
-    created_ms: int | None
 
 
 # --------------------------------------------------------------------------- the writer
