@@ -10,6 +10,10 @@ from consumer.store import RowStatus, StoredCell, WriteReport
 from consumer.views import FeatureView
 
 
+def cell_version(cell: StoredCell) -> tuple[int, int]:
+    return (cell.event_ms, NULL_MS if cell.created_ms is None else cell.created_ms)
+
+
 class FakeStore:
     """The guard's rule stated directly: a value is written when its (event, created) version is at least
     the stored one (a missing created time is the oldest). The contract suite checks that Cassandra's
@@ -30,8 +34,7 @@ class FakeStore:
             written = stale = 0
             for feature in view.features:
                 cell = table.get((key, feature.name))
-                stored = None if cell is None else (cell.event_ms, NULL_MS if cell.created_ms is None else cell.created_ms)
-                if stored is None or (event, created) >= stored:
+                if cell is None or (event, created) >= cell_version(cell):
                     table[(key, feature.name)] = StoredCell(
                         rows.values[feature.name][i], event, None if created == NULL_MS else created
                     )
