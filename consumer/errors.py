@@ -74,6 +74,10 @@ class MappingError(RecordError):
     """The record decoded, but a value cannot become a feature-view row (null key, range, size)."""
 
 
+class WriteRefused(RecordError):
+    """The online store refused this entity's write for a reason retrying does not fix."""
+
+
 class TransientError(FeatureConsumerError):
     """A dependency is unavailable or slow; retry later, commit nothing past the affected records."""
 

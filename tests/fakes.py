@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from consumer.errors import StoreUnavailable
 from consumer.rows import NULL_MS, EncodedRows
@@ -63,6 +64,110 @@ class FakeStore:
         if self.down:
             raise StoreUnavailable("fake store is down")
         return "fake"
+
+    def close(self) -> None:
+        pass
+
+
+class FakeClock:
+    """Time that moves only when told to (or when the code under test sleeps)."""
+
+    def __init__(self, wall: float = 1_700_003_600.0) -> None:
+        self.t = 0.0
+        self.wall0 = wall
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return self.wall0 + self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class FakeSource:
+    """A scripted consumer-group member: messages per partition, an assignment, recorded commits."""
+
+    def __init__(self, listener: Any, clock: FakeClock, group_id: str = "g") -> None:
+        self.listener = listener
+        self.clock = clock
+        self.group_id = group_id
+        self.queues: dict[tuple[str, int], list[Any]] = {}
+        self.assigned: set[tuple[str, int]] = set()
+        self.paused: set[tuple[str, int]] = set()
+        self.commits: list[tuple[dict[tuple[str, int], int], bool]] = []
+        self.closed = False
+        self.pending_rebalance: list[tuple[str, list[tuple[str, int]]]] = []
+
+    def add(self, messages: list[Any]) -> None:
+        for m in messages:
+            self.queues.setdefault((m.topic(), m.partition()), []).append(m)
+
+    def subscribe(self) -> None:
+        pass
+
+    def rebalance(self, kind: str, partitions: list[tuple[str, int]]) -> None:
+        """Deliver on the next poll, as librdkafka does."""
+        self.pending_rebalance.append((kind, partitions))
+
+    def poll(self, max_messages: int, timeout_s: float) -> list[Any]:
+        while self.pending_rebalance:
+            kind, partitions = self.pending_rebalance.pop(0)
+            if kind == "assign":
+                self.assigned |= set(partitions)
+                self.listener.on_assign(partitions)
+            elif kind == "revoke":
+                self.listener.on_revoke(partitions)
+                self.assigned -= set(partitions)
+            else:
+                self.listener.on_lost(partitions)
+                self.assigned -= set(partitions)
+        out: list[Any] = []
+        for tp in sorted(self.assigned - self.paused):
+            queue = self.queues.get(tp, [])
+            while queue and len(out) < max_messages:
+                out.append(queue.pop(0))
+        if not out:
+            self.clock.advance(timeout_s)
+        return out
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return set(self.assigned)
+
+    def pause(self, partitions: Iterable[tuple[str, int]]) -> None:
+        self.paused |= set(partitions)
+
+    def resume(self, partitions: Iterable[tuple[str, int]]) -> None:
+        self.paused -= set(partitions)
+
+    def commit(self, offsets: Any, asynchronous: bool) -> None:
+        self.commits.append((dict(offsets), asynchronous))
+
+    def committed_offsets(self) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        for offsets, _ in self.commits:
+            out.update(offsets)
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeDeadLetters:
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.down = False
+
+    def send(self, rejected: list[Any]) -> None:
+        if rejected and self.down:
+            from consumer.errors import DeadLetterUnavailable
+
+            raise DeadLetterUnavailable("fake dead-letter topic is down")
+        self.sent.extend(rejected)
 
     def close(self) -> None:
         pass

@@ -1,0 +1,77 @@
+"""The dead-letter topic: records that cannot become feature rows, with the reason, never dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from consumer.batch import Rejected
+from consumer.errors import DeadLetterUnavailable
+
+HEADER_PREFIX = "x-dead-letter-"
+
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+def dead_letter_headers(rejected: Rejected, group_id: str) -> Headers:
+    """The original message's headers, then where it came from and why it was refused."""
+    message = rejected.error.source
+    ours = {
+        "original-topic": message.topic if message else "",
+        "original-partition": str(message.partition) if message else "",
+        "original-offset": str(message.offset) if message else "",
+        "error-class": rejected.error.error_class,
+        "reason": rejected.error.reason,
+        "consumer-group": group_id,
+    }
+    original = rejected.message.headers() if hasattr(rejected.message, "headers") else None
+    headers: Headers = list(original or [])
+    headers.extend((HEADER_PREFIX + k, v.encode("utf-8")) for k, v in ours.items())
+    return headers
+
+
+class DeadLetterProducer:
+    def __init__(self, config: Mapping[str, Any], topic: str, group_id: str, timeout_s: float = 15.0) -> None:
+        conf = dict(config)
+        # Fail fast when the topic cannot be written: the batch is then retried, and not committed.
+        conf.setdefault("message.timeout.ms", int(timeout_s * 1000))
+        self._producer = Producer(conf)
+        self.topic = topic
+        self._group_id = group_id
+        self._timeout_s = timeout_s
+
+    def send(self, rejected: Sequence[Rejected]) -> None:
+        """Produce every rejected record and wait for Kafka to acknowledge all of them.
+
+        Raises DeadLetterUnavailable if any is not acknowledged: its offset must not be committed.
+        """
+        if not rejected:
+            return
+        failures: list[KafkaError] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failures.append(error)
+
+        try:
+            for item in rejected:
+                original = item.message
+                key = original.key() if hasattr(original, "key") else None
+                self._producer.produce(
+                    self.topic, key=key, value=original.value(),
+                    headers=dead_letter_headers(item, self._group_id), on_delivery=delivered,
+                )
+                self._producer.poll(0)
+        except (KafkaException, BufferError) as exc:
+            self._producer.flush(self._timeout_s)
+            raise DeadLetterUnavailable(f"dead-letter topic {self.topic!r} cannot be written: {exc}") from exc
+        left = self._producer.flush(self._timeout_s)
+        if left or failures:
+            reason = failures[0] if failures else f"{left} records unacknowledged after {self._timeout_s}s"
+            raise DeadLetterUnavailable(f"dead-letter topic {self.topic!r} cannot be written: {reason}")
+
+    def close(self) -> None:
+        self._producer.flush(self._timeout_s)

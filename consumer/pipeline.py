@@ -1,0 +1,289 @@
+"""The consumer loop: poll -> micro-batch -> decode -> guarded write -> dead letters -> commit.
+
+One record's way, in one direction:
+
+    KafkaSource.poll  ->  buffer (BatchPolicy decides when it is a batch)
+        -> batch.assemble      decode, map, coalesce, encode; bad records become `Rejected`
+        -> Store.write         guarded upserts, one outcome per entity
+        -> DeadLetterProducer  rejected records (and rows Cassandra refused), acknowledged by Kafka
+        -> KafkaSource.commit  the next offset of every message of the batch, whatever became of it
+
+The loop is sequential on purpose: guarded writes cost far more than decoding, so nothing is gained by
+overlapping them, and one thread keeps rebalances, retries and shutdown simple. It never buffers
+without bound: it takes at most one batch from Kafka at a time, librdkafka's prefetch is bounded
+(`queued.max.messages.kbytes`), and while a batch waits out a failure every partition is paused.
+
+A transient failure anywhere (registry, Cassandra, the dead-letter topic, a synchronous commit) sends
+the whole batch around again after a backoff; guarded writes make the repetition harmless, and nothing
+of the batch is committed before all of it went through.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from confluent_kafka import Message
+
+from consumer.avro import TopicDecoder
+from consumer.batch import Batch, Limits, Rejected, ViewBatch, assemble, source_of
+from consumer.config import Settings
+from consumer.errors import TransientError, WriteRefused
+from consumer.kafka_source import TP, RebalanceListener
+from consumer.policy import Backoff, BatchPolicy
+from consumer.store import Store, WriteReport
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    group_id: str
+
+    def subscribe(self) -> None: ...
+    def poll(self, max_messages: int, timeout_s: float) -> list[Message]: ...
+    def assignment(self) -> set[TP]: ...
+    def pause(self, partitions: Iterable[TP]) -> None: ...
+    def resume(self, partitions: Iterable[TP]) -> None: ...
+    def commit(self, offsets: Mapping[TP, int], asynchronous: bool) -> None: ...
+    def close(self) -> None: ...
+
+
+class DeadLetters(Protocol):
+    def send(self, rejected: list[Rejected]) -> None: ...
+    def close(self) -> None: ...
+
+
+class Events:
+    """What the loop reports as it goes; the metrics module listens. The base class ignores everything."""
+
+    def loop_turned(self, now: float) -> None: ...
+    def batch_assembled(self, batch: Batch) -> None: ...
+    def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None: ...
+    def dead_lettered(self, rejected: list[Rejected]) -> None: ...
+    def committed(self, offsets: Mapping[TP, int], now: float) -> None: ...
+    def assigned(self, partitions: list[TP]) -> None: ...
+    def revoked(self, partitions: list[TP], lost: bool) -> None: ...
+    def paused(self, partitions: set[TP], paused: bool) -> None: ...
+    def failed(self, error: TransientError) -> None: ...
+
+
+@dataclass(frozen=True)
+class Clock:
+    wall: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass
+class _State:
+    buffer: list[Message] = field(default_factory=list)
+    oldest_ms: int | None = None  # monotonic ms at which the oldest buffered message arrived
+    failures: int = 0  # consecutive transient failures of the current batch
+    retry_at: float = 0.0  # monotonic seconds
+    paused: bool = False
+    assigned: set[TP] = field(default_factory=set)
+    done: dict[TP, int] = field(default_factory=dict)  # next offset after the last batch that went through
+
+
+class Pipeline(RebalanceListener):
+    def __init__(
+        self,
+        settings: Settings,
+        decoders: Mapping[str, TopicDecoder],
+        store: Store,
+        dead_letters: DeadLetters,
+        source_factory: Callable[[RebalanceListener], Source],
+        events: Events | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.decoders = decoders
+        self.store = store
+        self.dead_letters = dead_letters
+        self.events = events or Events()
+        self.clock = clock or Clock()
+        self.limits: Limits = settings.limits.limits()
+        self.policy = BatchPolicy(settings.batch.max_records, settings.batch.max_wait_ms)
+        self.backoff = Backoff(settings.run.backoff_min_ms, settings.run.backoff_max_ms)
+        self.state = _State()
+        self._stop = threading.Event()
+        self.source = source_factory(self)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> None:
+        """Consume until `stop()`; then drain, commit and leave the group."""
+        self.source.subscribe()
+        try:
+            while not self._stop.is_set():
+                self.step()
+        except BaseException:
+            self.source.close()  # leave the group without committing anything more
+            raise
+        self.shutdown()
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    def step(self) -> None:
+        """One turn: take messages, and write the batch when it is complete."""
+        st = self.state
+        now = self.clock.monotonic()
+        self.events.loop_turned(self.clock.wall())
+        if st.retry_at > now:
+            # Waiting out a failure: partitions are paused; polling keeps the group membership alive.
+            self._accept(self.source.poll(1, min(st.retry_at - now, 0.5)))
+            return
+        now_ms = int(now * 1000)
+        if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):
+            timeout = self.policy.poll_timeout_ms(now_ms, st.oldest_ms) / 1000
+            self._accept(self.source.poll(self.policy.room(len(st.buffer)), timeout))
+            now_ms = int(self.clock.monotonic() * 1000)
+            if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):
+                return
+        self._flush()
+
+    def _accept(self, messages: list[Message]) -> None:
+        if not messages:
+            return
+        st = self.state
+        if st.oldest_ms is None:
+            st.oldest_ms = int(self.clock.monotonic() * 1000)
+        st.buffer.extend(messages)
+
+    def _flush(self) -> None:
+        st = self.state
+        messages = st.buffer[: self.policy.max_records]
+        try:
+            self._process(messages)
+        except TransientError as exc:
+            st.failures += 1
+            delay_ms = self.backoff.delay_ms(st.failures)
+            st.retry_at = self.clock.monotonic() + delay_ms / 1000
+            log.warning("batch of %d messages not done (%s); retrying in %d ms", len(messages), exc, delay_ms)
+            self.events.failed(exc)
+            self._pause()
+            return
+        del st.buffer[: len(messages)]
+        st.oldest_ms = int(self.clock.monotonic() * 1000) if st.buffer else None
+        st.failures = 0
+        st.retry_at = 0.0
+        self._resume()
+
+    def _process(self, messages: list[Message]) -> None:
+        """decode -> write -> dead letters -> commit, for one batch. Raises TransientError."""
+        batch = assemble(messages, self.decoders, self.limits, int(self.clock.wall() * 1000))
+        self.events.batch_assembled(batch)
+        refused = list(batch.rejected)
+        for view_batch in batch.views:
+            report = self.store.write(view_batch.view, view_batch.rows)
+            for row, reason in report.failures.items():
+                message = batch.messages[int(view_batch.positions[row])]
+                refused.append(Rejected(message, WriteRefused(reason).at(source_of(message))))
+            self.events.view_written(view_batch, report, self.clock.wall())
+        self.dead_letters.send(refused)
+        self.events.dead_lettered(refused)
+        self._commit(batch.next_offsets, asynchronous=True)
+
+    def _commit(self, offsets: Mapping[TP, int], asynchronous: bool) -> None:
+        st = self.state
+        owned = {tp: o for tp, o in offsets.items() if tp in st.assigned}
+        if not owned:
+            return
+        self.source.commit(owned, asynchronous=asynchronous)
+        st.done.update(owned)
+        self.events.committed(owned, self.clock.wall())
+
+    def _pause(self) -> None:
+        st = self.state
+        if not st.paused and st.assigned:
+            self.source.pause(st.assigned)
+            self.events.paused(set(st.assigned), True)
+        st.paused = True
+
+    def _resume(self) -> None:
+        st = self.state
+        if st.paused and st.assigned:
+            self.source.resume(st.assigned)
+            self.events.paused(set(st.assigned), False)
+        st.paused = False
+
+    def _drop(self, partitions: set[TP]) -> None:
+        st = self.state
+        st.buffer = [m for m in st.buffer if (m.topic(), m.partition()) not in partitions]
+        if not st.buffer:
+            st.oldest_ms = None
+
+    # ------------------------------------------------------------------ rebalances (called inside poll)
+
+    def on_assign(self, partitions: list[TP]) -> None:
+        st = self.state
+        st.assigned.update(partitions)
+        if st.paused:
+            self.source.pause(partitions)  # a batch is waiting out a failure: take nothing new yet
+        log.info("assigned %s", sorted(partitions))
+        self.events.assigned(partitions)
+
+    def on_revoke(self, partitions: list[TP]) -> None:
+        """Finish the buffered work and commit before the partitions go to another member."""
+        st = self.state
+        revoked = set(partitions)
+        if any((m.topic(), m.partition()) in revoked for m in st.buffer):
+            if st.failures == 0:
+                try:
+                    while st.buffer:
+                        batch = st.buffer[: self.policy.max_records]
+                        self._process(batch)
+                        del st.buffer[: len(batch)]
+                except TransientError as exc:
+                    log.warning("could not finish the revoked partitions' messages (%s); the next owner "
+                                "reads them again", exc)
+            self._drop(revoked)
+        done = {tp: o for tp, o in st.done.items() if tp in revoked}
+        try:
+            self._commit(done, asynchronous=False)
+        except TransientError as exc:
+            log.warning("final commit for revoked partitions failed (%s); the next owner may read "
+                        "some records again", exc)
+        st.assigned -= revoked
+        for tp in revoked:
+            st.done.pop(tp, None)
+        log.info("revoked %s", sorted(revoked))
+        self.events.revoked(partitions, lost=False)
+
+    def on_lost(self, partitions: list[TP]) -> None:
+        """The partitions already belong to someone else: drop their work, commit nothing for them."""
+        st = self.state
+        lost = set(partitions)
+        self._drop(lost)
+        st.assigned -= lost
+        for tp in lost:
+            st.done.pop(tp, None)
+        log.warning("lost %s", sorted(lost))
+        self.events.revoked(partitions, lost=True)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> None:
+        """Drain within the configured time, commit synchronously, leave the group."""
+        st = self.state
+        deadline = self.clock.monotonic() + self.settings.run.drain_timeout_s
+        while st.buffer and self.clock.monotonic() < deadline:
+            if st.retry_at > self.clock.monotonic():
+                self.clock.sleep(max(0.0, min(st.retry_at, deadline) - self.clock.monotonic()))
+                continue
+            self._flush()
+        if st.buffer:
+            log.warning("stopping with %d messages not written; they are not committed and will be read again",
+                        len(st.buffer))
+        try:
+            self._commit(dict(st.done), asynchronous=False)
+        except TransientError as exc:
+            log.warning("final commit failed: %s", exc)
+        st.buffer = []  # nothing is left for the revoke that leaving the group triggers
+        self.source.close()
