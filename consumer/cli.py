@@ -1,11 +1,176 @@
-"""The `feature-consumer` command line."""
+"""The `feature-consumer` command line.
+
+    feature-consumer run --config FILE           consume until SIGTERM/SIGINT, then drain, commit and leave
+    feature-consumer init-schema --config FILE   create each view's table (Feast's DDL), and the keyspace if asked
+    feature-consumer check --config FILE         validate the config and reach Kafka, Cassandra and the registry
+    feature-consumer lag --config FILE           per-partition lag of the consumer group
+
+Exit codes: 0 success; 1 a check failed or an unexpected error; 2 the configuration is wrong.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from consumer import __version__
+from consumer.config import Settings, load_settings
+from consumer.errors import ConfigError, FeatureConsumerError, TransientError
+
+log = logging.getLogger("consumer")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+def _registry(settings: Settings) -> Any:
+    if settings.schema_registry is None:
+        return None
+    from consumer.avro import RegistryClient
+
+    return RegistryClient(settings.schema_registry.url, settings.schema_registry.client_config())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from consumer.avro import check_registry_subjects, topic_decoders
+    from consumer.cassandra_sink import CassandraStore
+    from consumer.deadletter import DeadLetterProducer
+    from consumer.kafka_source import KafkaSource
+    from consumer.pipeline import Pipeline
+
+    settings = _settings(args)
+    registry = _registry(settings)
+    decoders = topic_decoders(settings.views, registry)
+    if registry is not None:
+        try:
+            check_registry_subjects(settings.views, registry)
+        except TransientError as exc:
+            log.warning("schema registry not reachable at start-up (%s); records wait until it is", exc)
+    store = CassandraStore(settings.cassandra)
+    dead_letters = DeadLetterProducer(
+        settings.kafka.producer_config(), settings.kafka.dead_letter_topic, settings.kafka.group_id
+    )
+    pipeline = Pipeline(
+        settings, decoders, store, dead_letters,
+        lambda listener: KafkaSource(settings.kafka.consumer_config(), settings.topics, listener),
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: pipeline.stop())
+    log.info("feature-consumer %s: group %r, topics %s, views %s", __version__, settings.kafka.group_id,
+             settings.topics, [v.name for v in settings.views])
+    try:
+        pipeline.run()
+    finally:
+        dead_letters.close()
+        store.close()
+    log.info("stopped")
+    return 0
+
+
+def cmd_init_schema(args: argparse.Namespace) -> int:
+    from consumer.cassandra_sink import CassandraStore
+
+    settings = _settings(args)
+    store = CassandraStore(settings.cassandra)
+    try:
+        for cql in store.create_schema(settings.views, create_keyspace=args.create_keyspace):
+            print(cql.strip() + ";")
+    finally:
+        store.close()
+    return 0
+
+
+def _check(name: str, fn: Callable[[], str]) -> bool:
+    try:
+        detail = fn()
+    except (FeatureConsumerError, OSError) as exc:
+        print(f"FAIL  {name}: {exc}")
+        return False
+    except Exception as exc:  # noqa: BLE001 - `check` reports every failure by name and goes on
+        print(f"FAIL  {name}: {type(exc).__name__}: {exc}")
+        return False
+    print(f"ok    {name}: {detail}")
+    return True
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(f"ok    config: {len(settings.views)} views, topics {settings.topics}, "
+          f"group {settings.kafka.group_id!r}")
+    results = []
+
+    def kafka_topics() -> str:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(settings.kafka.admin_config())
+        try:
+            metadata = admin.list_topics(timeout=10)
+        except Exception as exc:
+            raise TransientError(f"Kafka at {settings.kafka.bootstrap_servers} does not answer: {exc}") from exc
+        wanted = [*settings.topics, settings.kafka.dead_letter_topic]
+        missing = [t for t in wanted if t not in metadata.topics]
+        if missing:
+            raise ConfigError(f"topics missing on {settings.kafka.bootstrap_servers}: {missing}")
+        parts = {t: len(metadata.topics[t].partitions) for t in settings.topics}
+        return f"{settings.kafka.bootstrap_servers}, partitions {parts}, dead letters to {settings.kafka.dead_letter_topic!r}"
+
+    results.append(_check("kafka", kafka_topics))
+
+    def cassandra() -> str:
+        from consumer.cassandra_sink import CassandraStore
+
+        store = CassandraStore(settings.cassandra)
+        try:
+            version = store.ping()
+            rows = store.session.execute(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (settings.cassandra.keyspace,)
+            )
+            tables = {r["table_name"] for r in rows}
+        finally:
+            store.close()
+        missing = [v.table for v in settings.views if v.table not in tables]
+        if missing:
+            raise ConfigError(f"keyspace {settings.cassandra.keyspace!r} lacks tables {missing}; "
+                              "run `feature-consumer init-schema`")
+        return f"Cassandra {version} at {settings.cassandra.hosts}:{settings.cassandra.port}, " \
+               f"keyspace {settings.cassandra.keyspace!r} has every view's table"
+
+    results.append(_check("cassandra", cassandra))
+
+    if settings.schema_registry is not None:
+        def registry() -> str:
+            from consumer.avro import check_registry_subjects
+
+            client = _registry(settings)
+            check_registry_subjects(settings.views, client)
+            return f"{client.url}: view subjects resolve"
+
+        results.append(_check("schema registry", registry))
+
+    def schemas() -> str:
+        from consumer.avro import topic_decoders
+
+        topic_decoders(settings.views, _registry(settings))
+        return "every view's schema source resolves against the view"
+
+    results.append(_check("views", schemas))
+    return 0 if all(results) else 1
+
+
+def cmd_lag(args: argparse.Namespace) -> int:
+    from consumer.lag import format_table, group_lag
+
+    settings = _settings(args)
+    group = args.group or settings.kafka.group_id
+    rows = group_lag(settings.kafka.admin_config(), group, settings.topics)
+    print(f"GROUP {group}")
+    print(format_table(rows))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,14 +180,40 @@ def build_parser() -> argparse.ArgumentParser:
         "Cassandra online store; an older event never overwrites a newer value.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", "-c", required=True, help="YAML config file (see examples/)")
+        p.set_defaults(fn=fn)
+        return p
+
+    command("run", cmd_run, "consume and write until stopped")
+    init = command("init-schema", cmd_init_schema, "create the views' tables with Feast's DDL")
+    init.add_argument("--create-keyspace", action="store_true",
+                      help="also create the keyspace (with cassandra.replication) if it does not exist")
+    command("check", cmd_check, "validate the config and reach every dependency")
+    lag = command("lag", cmd_lag, "print the consumer group's lag per partition")
+    lag.add_argument("--group", help="another consumer group than the configured one")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("cassandra", "confluent_kafka", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        code: int = args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FeatureConsumerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return code
 
 
 if __name__ == "__main__":

@@ -123,7 +123,8 @@ class CassandraSettings(_Section):
     local_dc: str | None = None
     consistency: Consistency = "LOCAL_QUORUM"
     serial_consistency: SerialConsistency = "LOCAL_SERIAL"
-    protocol_version: int | None = None
+    # Native protocol version; 5 suits Cassandra 4.0 and later (set 4 for Cassandra 3.x).
+    protocol_version: int | None = 5
     request_timeout_s: float = Field(10.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     # Conditional batches in flight at once (the sliding window of the writer).

@@ -353,3 +353,71 @@ def entity_key_hex(
             parts.append(raw)
         out.append(b"".join(parts).hex())
     return out
+
+
+# --------------------------------------------------------------------------- reading values back
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _signed(value: int, bits: int = 64) -> int:
+    value &= (1 << 64) - 1
+    if bits == 32:
+        value &= (1 << 32) - 1
+        return value - (1 << 32) if value >= 1 << 31 else value
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _scalar_from(kind: Kind, wire: int, data: bytes, pos: int) -> tuple[Any, int]:
+    if wire == _WIRE_FIXED32:
+        return float(np.frombuffer(data[pos : pos + 4], "<f4")[0]), pos + 4
+    if wire == _WIRE_FIXED64:
+        return float(np.frombuffer(data[pos : pos + 8], "<f8")[0]), pos + 8
+    if wire == _WIRE_LEN:
+        n, pos = _read_varint(data, pos)
+        raw = data[pos : pos + n]
+        return (raw.decode("utf-8") if kind is Kind.STRING else bytes(raw)), pos + n
+    raw_int, pos = _read_varint(data, pos)
+    if kind is Kind.BOOL:
+        return bool(raw_int), pos
+    return _signed(raw_int, 32 if kind is Kind.INT32 else 64), pos
+
+
+def decode_value(dtype: Dtype, data: bytes) -> Any:
+    """A serialized `feast.types.Value` back to Python (None for the empty message).
+
+    UnixTimestamp values come back as int seconds, as they are stored.
+    """
+    if not data:
+        return None
+    key, pos = _read_varint(data, 0)
+    field, wire = key >> 3, key & 7
+    if field != dtype.field:
+        raise ValueError(f"value carries field {field}, not the {dtype} field {dtype.field}")
+    if not dtype.is_list:
+        return _scalar_from(dtype.kind, wire, data, pos)[0]
+    length, pos = _read_varint(data, pos)
+    end = pos + length
+    items: list[Any] = []
+    item_wire = {Kind.FLOAT32: _WIRE_FIXED32, Kind.FLOAT64: _WIRE_FIXED64}.get(dtype.kind, _WIRE_VARINT)
+    while pos < end:
+        _, pos = _read_varint(data, pos)  # tag of repeated field 1
+        if dtype.kind in (Kind.STRING, Kind.BYTES):
+            item, pos = _scalar_from(dtype.kind, _WIRE_LEN, data, pos)
+            items.append(item)
+            continue
+        n, pos = _read_varint(data, pos)  # packed run
+        stop = pos + n
+        while pos < stop:
+            item, pos = _scalar_from(dtype.kind, item_wire, data, pos)
+            items.append(item)
+    return items

@@ -39,6 +39,9 @@ from consumer.store import Store, WriteReport
 
 log = logging.getLogger(__name__)
 
+# A poll blocks in C, where Python signal handlers cannot run: keep it short so SIGTERM is seen at once.
+MAX_POLL_BLOCK_S = 0.5
+
 
 class Source(Protocol):
     group_id: str
@@ -137,11 +140,11 @@ class Pipeline(RebalanceListener):
         self.events.loop_turned(self.clock.wall())
         if st.retry_at > now:
             # Waiting out a failure: partitions are paused; polling keeps the group membership alive.
-            self._accept(self.source.poll(1, min(st.retry_at - now, 0.5)))
+            self._accept(self.source.poll(1, min(st.retry_at - now, MAX_POLL_BLOCK_S)))
             return
         now_ms = int(now * 1000)
         if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):
-            timeout = self.policy.poll_timeout_ms(now_ms, st.oldest_ms) / 1000
+            timeout = min(self.policy.poll_timeout_ms(now_ms, st.oldest_ms) / 1000, MAX_POLL_BLOCK_S)
             self._accept(self.source.poll(self.policy.room(len(st.buffer)), timeout))
             now_ms = int(self.clock.monotonic() * 1000)
             if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):

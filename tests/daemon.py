@@ -1,0 +1,165 @@
+"""Running the real daemon (`feature-consumer run`) as a subprocess against the local stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from consumer.lag import PartitionLag, group_lag
+from stack.localstack import Endpoints
+from tests.helpers import DRIVER_SCHEMA_PATH
+from tests.workload import Event
+
+
+@dataclass
+class Deployment:
+    """One daemon configuration: its topic, dead-letter topic, group, keyspace and config file."""
+
+    endpoints: Endpoints
+    topic: str
+    keyspace: str
+    workdir: Path
+    partitions: int = 4
+    batch: dict[str, Any] = field(default_factory=lambda: {"max_records": 500, "max_wait_ms": 200})
+    run: dict[str, Any] = field(default_factory=lambda: {"drain_timeout_s": 15, "backoff_min_ms": 100,
+                                                         "backoff_max_ms": 2000})
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        return f"{self.topic}-group"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic}.dead-letter"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / f"{self.topic}.yaml"
+
+    def write_config(self, metrics_port: int = 0) -> Path:
+        config: dict[str, Any] = {
+            "kafka": {"bootstrap_servers": self.endpoints.bootstrap_servers, "group_id": self.group,
+                      "dead_letter_topic": self.dead_letter_topic, "session_timeout_ms": 10_000},
+            "cassandra": {"hosts": [self.endpoints.cql_host], "port": self.endpoints.cql_port,
+                          "keyspace": self.keyspace, "consistency": "ONE", "serial_consistency": "SERIAL"},
+            "batch": self.batch,
+            "run": self.run,
+            "metrics": {"host": "127.0.0.1", "port": metrics_port},
+            "views": [{
+                "name": "driver_hourly_stats", "project": "feast_demo", "topics": [self.topic],
+                "entities": [{"name": "driver_id", "value_type": "INT64"}],
+                "features": [{"name": "conv_rate", "dtype": "Float32"}, {"name": "acc_rate", "dtype": "Float32"},
+                             {"name": "avg_daily_trips", "dtype": "Int64"}],
+                "timestamp_field": "event_timestamp", "created_timestamp_field": "created",
+                "schema": {"file": str(DRIVER_SCHEMA_PATH)},
+            }],
+        }
+        for section, values in self.extra.items():
+            config.setdefault(section, {}).update(values)
+        self.config_path.write_text(yaml.safe_dump(config))
+        return self.config_path
+
+    def create_topics(self) -> None:
+        admin = AdminClient({"bootstrap.servers": self.endpoints.bootstrap_servers})
+        futures = admin.create_topics([NewTopic(self.topic, self.partitions, 1),
+                                       NewTopic(self.dead_letter_topic, 1, 1)])
+        for future in futures.values():
+            future.result(30)
+
+    def produce(self, events: Iterable[Event]) -> int:
+        producer = Producer({"bootstrap.servers": self.endpoints.bootstrap_servers, "enable.idempotence": True,
+                             "linger.ms": 20})
+        count = 0
+        for event in events:
+            producer.produce(self.topic, key=event.key, value=event.value())
+            count += 1
+            if count % 10_000 == 0:
+                producer.poll(0)
+        assert producer.flush(60) == 0
+        return count
+
+    def lag(self) -> list[PartitionLag]:
+        return group_lag({"bootstrap.servers": self.endpoints.bootstrap_servers}, self.group, [self.topic])
+
+    def total_lag(self) -> int | None:
+        rows = self.lag()
+        if any(r.committed is None and r.log_end > 0 for r in rows):
+            return None
+        return sum(r.lag or 0 for r in rows)
+
+    def wait_caught_up(self, timeout_s: float = 120, daemons: Iterable[Daemon] = ()) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.total_lag() == 0:
+                return
+            for daemon in daemons:
+                daemon.assert_alive()
+            time.sleep(0.5)
+        raise AssertionError(f"group {self.group} did not catch up in {timeout_s}s: {self.lag()}")
+
+    def dead_letters(self, expected: int, timeout_s: float = 30) -> list[Any]:
+        consumer = Consumer({"bootstrap.servers": self.endpoints.bootstrap_servers, "group.id": f"{self.group}-dlq",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        consumer.assign([TopicPartition(self.dead_letter_topic, 0, 0)])
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                out.extend(m for m in consumer.consume(500, 1.0) if m.error() is None)
+                if len(out) >= expected:
+                    # Give duplicates (at-least-once) a moment to show up as well.
+                    out.extend(m for m in consumer.consume(500, 1.0) if m.error() is None)
+                    break
+        finally:
+            consumer.close()
+        return out
+
+
+class Daemon:
+    """`feature-consumer run` in a subprocess; its output goes to a log file next to the config."""
+
+    def __init__(self, deployment: Deployment, name: str = "d0", env: dict[str, str] | None = None) -> None:
+        self.deployment = deployment
+        self.log_path = deployment.workdir / f"{deployment.topic}.{name}.log"
+        cli = [sys.executable, "-m", "consumer.cli", "run", "-c", str(deployment.config_path)]
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cli, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})})
+
+    def assert_alive(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise AssertionError(f"daemon exited with {code}; log:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def terminate(self, timeout_s: float = 30) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def stop_quietly(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()

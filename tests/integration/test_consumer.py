@@ -1,0 +1,146 @@
+"""The daemon against the real Kafka and Cassandra: newest value wins, nothing lost, lag back to 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumer.cassandra_sink import CassandraStore
+from consumer.config import CassandraSettings
+from tests.daemon import Daemon, Deployment
+from tests.helpers import driver_view
+from tests.workload import compare, expected_state, generate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def deployment(request: pytest.FixtureRequest, stack, keyspace, tmp_path: Path) -> Iterator[Deployment]:
+    from tests.conftest import unique_name
+
+    dep = Deployment(stack, unique_name(request, "feat"), keyspace, tmp_path)
+    dep.create_topics()
+    dep.write_config()
+    store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
+    store.create_schema([driver_view()], create_keyspace=False)
+    store.close()
+    yield dep
+
+
+@pytest.fixture
+def reader(stack, keyspace) -> Iterator[CassandraStore]:
+    store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop_quietly()
+
+
+def test_out_of_order_duplicate_and_tied_events_end_at_the_newest_value(deployment, reader, daemons) -> None:
+    events = generate(entities=150, events_per_entity=8, seed=11)
+    deployment.produce(events)
+    daemons.append(Daemon(deployment))
+    deployment.wait_caught_up(daemons=daemons)
+
+    result = compare(reader.read, driver_view(), expected_state(events))
+    assert result.ok, result
+    assert result.checked == 150
+    poison = [e for e in events if e.poison]
+    letters = deployment.dead_letters(expected=len(poison))
+    by_origin = {}
+    for m in letters:
+        headers = {k: v.decode() for k, v in m.headers()}
+        assert headers["x-dead-letter-original-topic"] == deployment.topic
+        assert headers["x-dead-letter-error-class"] in {"DecodeError", "FramingError"}
+        assert headers["x-dead-letter-reason"]
+        by_origin[(headers["x-dead-letter-original-partition"], headers["x-dead-letter-original-offset"])] = m
+    assert len(by_origin) == len(poison)  # every poison record (at least once)
+    assert sorted(m.value() or b"" for m in by_origin.values()) == sorted(e.value() for e in poison)
+    assert sorted(m.key() for m in by_origin.values()) == sorted(e.key for e in poison)
+    assert daemons[0].terminate() == 0
+
+
+def test_kill_and_restart_mid_stream_loses_nothing(deployment, reader, daemons) -> None:
+    events = generate(entities=300, events_per_entity=10, seed=12, poison_rate=0.0)
+    deployment.batch = {"max_records": 200, "max_wait_ms": 100}
+    deployment.write_config()
+    deployment.produce(events)
+    for _ in range(3):
+        daemon = Daemon(deployment)
+        daemons.append(daemon)
+        time.sleep(4)  # some batches written, some not
+        daemon.kill()
+    daemons.append(Daemon(deployment))
+    deployment.wait_caught_up(daemons=daemons[-1:])
+    result = compare(reader.read, driver_view(), expected_state(events))
+    assert result.ok, result
+
+
+def test_two_consumers_and_a_rebalance_mid_stream_lose_nothing(deployment, reader, daemons) -> None:
+    first = generate(entities=200, events_per_entity=6, seed=13, poison_rate=0.0)
+    deployment.produce(first)
+    daemons.append(Daemon(deployment, "a"))
+    time.sleep(3)
+    daemons.append(Daemon(deployment, "b"))  # joins the group: partitions move mid-stream
+    second = generate(entities=200, events_per_entity=6, seed=14, poison_rate=0.0)
+    second = [type(e)(e.index + len(first), *list(e.__dict__.values())[1:]) for e in second]
+    deployment.produce(second)
+    deployment.wait_caught_up(daemons=daemons)
+    assert daemons[1].terminate() == 0  # leaves: its partitions go back to the first member
+    third = generate(entities=200, events_per_entity=3, seed=15, poison_rate=0.0)
+    third = [type(e)(e.index + len(first) + len(second), *list(e.__dict__.values())[1:]) for e in third]
+    deployment.produce(third)
+    deployment.wait_caught_up(daemons=daemons[:1])
+    result = compare(reader.read, driver_view(), expected_state(first + second + third))
+    assert result.ok, result
+
+
+def test_lag_command_shows_zero_and_matches_the_admin_api(deployment, daemons) -> None:
+    deployment.produce(generate(entities=50, events_per_entity=4, seed=16, poison_rate=0.05))
+    daemons.append(Daemon(deployment))
+    deployment.wait_caught_up(daemons=daemons)
+    out = subprocess.run([sys.executable, "-m", "consumer.cli", "lag", "-c", str(deployment.config_path)],
+                         capture_output=True, text=True, check=True).stdout
+    lines = [line.split() for line in out.splitlines()[2:]]
+    assert len(lines) == deployment.partitions
+    admin = {(r.topic, r.partition): r for r in deployment.lag()}
+    for topic, partition, current, end, lag in lines:
+        row = admin[(topic, int(partition))]
+        assert (int(current), int(end), int(lag)) == (row.committed, row.log_end, 0)
+
+
+def test_sigterm_drains_commits_and_a_restart_resumes(deployment, reader, daemons) -> None:
+    deployment.batch = {"max_records": 100_000, "max_wait_ms": 60_000}  # records sit in the buffer
+    deployment.write_config()
+    daemon = Daemon(deployment)
+    daemons.append(daemon)
+    events = generate(entities=40, events_per_entity=3, seed=17, poison_rate=0.0)
+    deployment.produce(events)
+    time.sleep(6)  # consumed and buffered, not written: the batch is not due for a minute
+    assert deployment.total_lag() != 0
+    started = time.monotonic()
+    assert daemon.terminate(timeout_s=30) == 0
+    assert time.monotonic() - started < 20
+    assert deployment.total_lag() == 0
+    assert compare(reader.read, driver_view(), expected_state(events)).ok
+    assert "stopped" in daemon.log()
+
+    more = generate(entities=40, events_per_entity=2, seed=18, poison_rate=0.0)
+    more = [type(e)(e.index + len(events), *list(e.__dict__.values())[1:]) for e in more]
+    deployment.batch = {"max_records": 500, "max_wait_ms": 200}
+    deployment.write_config()
+    deployment.produce(more)
+    daemons.append(Daemon(deployment, "again"))
+    deployment.wait_caught_up(daemons=daemons[-1:])
+    assert compare(reader.read, driver_view(), expected_state(events + more)).ok
