@@ -117,7 +117,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if missing:
             raise ConfigError(f"topics missing on {settings.kafka.bootstrap_servers}: {missing}")
         parts = {t: len(metadata.topics[t].partitions) for t in settings.topics}
-        return f"{settings.kafka.bootstrap_servers}, partitions {parts}, dead letters to {settings.kafka.dead_letter_topic!r}"
+        dead_letters = settings.kafka.dead_letter_topic
+        return f"{settings.kafka.bootstrap_servers}, partitions {parts}, dead letters to {dead_letters!r}"
 
     results.append(_check("kafka", kafka_topics))
 

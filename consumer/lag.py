@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from consumer.errors import TransientError
 
@@ -42,7 +43,8 @@ def group_lag(admin_config: Mapping[str, Any], group_id: str, topics: Iterable[s
         request = ConsumerGroupTopicPartitions(group_id, partitions)
         committed_result = admin.list_consumer_group_offsets([request], request_timeout=timeout_s)[group_id]
         committed = {(tp.topic, tp.partition): tp.offset for tp in committed_result.result(timeout_s).topic_partitions}
-        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout_s)
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        futures = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout_s)
         ends = {(tp.topic, tp.partition): fut.result(timeout_s).offset for tp, fut in futures.items()}
     except Exception as exc:
         raise TransientError(f"Kafka admin API did not answer for group {group_id!r}: {exc}") from exc
