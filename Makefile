@@ -25,14 +25,13 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.decode
 
 demo: $(STAMP)
-	$(BIN)/python -m stack.localstack up
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration/test_smoke.py -v
+	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check consumer stack tests bench
+	$(BIN)/ruff check consumer stack tests bench examples
 	$(BIN)/mypy
 
 stack-up: $(STAMP)

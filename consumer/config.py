@@ -162,8 +162,6 @@ class BatchSettings(_Section):
 
     max_records: int = Field(5000, ge=1, le=1_000_000)
     max_wait_ms: int = Field(250, ge=1)
-    # Messages held in memory across batches, beyond which partitions are paused.
-    max_buffered: int = Field(50_000, ge=1)
 
 
 class LimitsSettings(_Section):
@@ -181,7 +179,6 @@ class RunSettings(_Section):
     # Retry pause after a transient failure grows from min to max.
     backoff_min_ms: int = Field(200, ge=1)
     backoff_max_ms: int = Field(10_000, ge=1)
-    commit_interval_ms: int = Field(1000, ge=0)
 
 
 class MetricsSettings(_Section):
