@@ -41,6 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from consumer.cassandra_sink import CassandraStore
     from consumer.deadletter import DeadLetterProducer
     from consumer.kafka_source import KafkaSource
+    from consumer.metrics import HealthServer, LagCollector, Metrics, admin_offsets
     from consumer.pipeline import Pipeline
 
     settings = _settings(args)
@@ -55,17 +56,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     dead_letters = DeadLetterProducer(
         settings.kafka.producer_config(), settings.kafka.dead_letter_topic, settings.kafka.group_id
     )
+    views_by_topic: dict[str, list[str]] = {}
+    for view in settings.views:
+        for topic in view.topics:
+            views_by_topic.setdefault(topic, []).append(view.name)
+    metrics = Metrics(views_by_topic=views_by_topic)
+    server = HealthServer(metrics, settings.metrics.host, settings.metrics.port, settings.metrics.stuck_after_s)
+    ends, committed = admin_offsets(settings.kafka.admin_config(), settings.kafka.group_id,
+                                    settings.kafka.auto_offset_reset)
+    collector = LagCollector(metrics, ends, committed, store.ping, settings.metrics.lag_interval_s)
     pipeline = Pipeline(
         settings, decoders, store, dead_letters,
         lambda listener: KafkaSource(settings.kafka.consumer_config(), settings.topics, listener),
+        events=metrics,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.stop())
-    log.info("feature-consumer %s: group %r, topics %s, views %s", __version__, settings.kafka.group_id,
-             settings.topics, [v.name for v in settings.views])
+    server.start()
+    collector.start()
+    log.info("feature-consumer %s: group %r, topics %s, views %s, metrics on http://%s:%d/metrics",
+             __version__, settings.kafka.group_id, settings.topics, [v.name for v in settings.views],
+             settings.metrics.host, server.port)
     try:
         pipeline.run()
     finally:
+        collector.stop()
+        server.stop()
         dead_letters.close()
         store.close()
     log.info("stopped")

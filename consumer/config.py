@@ -183,9 +183,12 @@ class RunSettings(_Section):
 
 class MetricsSettings(_Section):
     host: str = "0.0.0.0"
+    # 0: any free port (the chosen one is logged).
     port: int = Field(9400, ge=0, le=65535)
     # /healthz fails when the loop has not turned for this long.
     stuck_after_s: float = Field(60.0, gt=0)
+    # How often log end offsets are asked of the brokers (and Cassandra is pinged for /readyz).
+    lag_interval_s: float = Field(5.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -463,6 +463,43 @@ SERVICE_TABLE: dict[str, Service] = {
 }
 
 
+def kafka_tool(main_class: str, *args: str, timeout: float = 120) -> str:
+    """Run one of Kafka's own command-line tools (e.g. ConsumerGroupCommand) and return its output."""
+    java = _require_java()
+    classpath = os.pathsep.join(_maven_paths("kafka"))
+    cmd = [java, "-Xmx256m", f"-Dlog4j2.configurationFile={HERE / 'kafka' / 'log4j2.xml'}",
+           f"-Dkafka.logs.dir={state_dir() / 'kafka'}", "-cp", classpath, main_class, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise StackError(f"{main_class} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def consumer_group_describe(bootstrap: str, group: str) -> dict[tuple[str, int], tuple[int | None, int, int | None]]:
+    """Kafka's ConsumerGroupCommand --describe: (topic, partition) -> (current offset, log end, lag)."""
+    out = kafka_tool("org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                     "--bootstrap-server", bootstrap, "--describe", "--group", group)
+    rows: dict[tuple[str, int], tuple[int | None, int, int | None]] = {}
+    header: list[str] | None = None
+    for line in out.splitlines():
+        cells = line.split()
+        if not cells:
+            continue
+        if cells[0] == "GROUP":
+            header = cells
+            continue
+        if header is None or len(cells) < 6:
+            continue
+        record = dict(zip(header, cells, strict=False))
+
+        def number(text: str) -> int | None:
+            return None if text == "-" else int(text)
+
+        rows[(record["TOPIC"], int(record["PARTITION"]))] = (
+            number(record["CURRENT-OFFSET"]), int(record["LOG-END-OFFSET"]), number(record["LAG"]))
+    return rows
+
+
 # --------------------------------------------------------------------------- commands
 
 

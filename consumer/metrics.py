@@ -1,0 +1,365 @@
+"""Prometheus metrics, lag collection, and the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+
+Lag, per assigned partition:
+
+* `feature_consumer_lag_offsets` = log end offset - committed offset. The log end offset is asked of the
+  brokers every `metrics.lag_interval_s` (cached watermarks go stale for paused or idle partitions);
+  the committed offset is the one this process committed (or found committed when it got the partition;
+  with none, where `auto.offset.reset` makes it start).
+* `feature_consumer_lag_seconds` = 0 when the lag in offsets is 0; otherwise the age of the oldest record
+  not yet committed, by its Kafka timestamp, if this process has read it; before it has, the time since
+  the partition was last caught up. An idle, caught-up partition reads 0; a stuck one grows with wall
+  time.
+
+A partition this process no longer owns is no longer reported by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from consumer.batch import Batch, Rejected, ViewBatch
+from consumer.errors import TransientError
+from consumer.kafka_source import TP
+from consumer.pipeline import Events
+from consumer.store import RowStatus, WriteReport
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
+FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 50000)
+
+
+class Metrics(Events):
+    """Listens to the loop and keeps the Prometheus series; thread-safe for the scrape and collector."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time,
+                 views_by_topic: Mapping[str, list[str]] | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._views_by_topic = dict(views_by_topic or {})
+        r = self.registry
+        p = ("topic", "partition")
+        self.m_lag_offsets = Gauge("feature_consumer_lag_offsets", "Log end offset minus committed offset", p,
+                                 registry=r)
+        self.m_lag_seconds = Gauge("feature_consumer_lag_seconds",
+                                 "Age of the oldest uncommitted record (0 when caught up)", p, registry=r)
+        self.m_committed_offset = Gauge("feature_consumer_committed_offset", "Next offset committed", p, registry=r)
+        self.m_log_end_offset = Gauge("feature_consumer_log_end_offset", "Log end offset (high watermark)", p,
+                                    registry=r)
+        self.m_partition_paused = Gauge("feature_consumer_partition_paused", "1 while the partition is paused", p,
+                                      registry=r)
+        self.m_consumed = Counter("feature_consumer_records_consumed", "Records decoded into a view's rows",
+                                ["view"], registry=r)
+        self.m_written = Counter("feature_consumer_records_written", "Entity rows written (all or some features)",
+                               ["view"], registry=r)
+        self.m_stale = Counter("feature_consumer_records_stale", "Entity rows skipped: the stored values are newer",
+                             ["view"], registry=r)
+        self.m_superseded = Counter("feature_consumer_records_superseded",
+                                  "Records dropped for a newer one of the same entity in the same batch",
+                                  ["view"], registry=r)
+        self.m_dead_lettered = Counter("feature_consumer_records_dead_lettered",
+                                     "Records sent to the dead-letter topic", ["view", "error_class"], registry=r)
+        self.m_not_applied = Counter("feature_consumer_conditional_writes_not_applied",
+                                   "Conditional writes Cassandra did not apply", ["view"], registry=r)
+        self.m_write_retries = Counter("feature_consumer_write_retries", "Conditional writes sent again", ["view"],
+                                     registry=r)
+        self.m_batch_size = Histogram("feature_consumer_batch_size", "Messages per micro-batch",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.m_write_latency = Histogram("feature_consumer_write_latency_seconds",
+                                       "Latency of one conditional write request", ["view"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.m_freshness = Histogram("feature_consumer_event_to_online_seconds",
+                                   "Time of write minus event timestamp, per written row", ["view"],
+                                   buckets=FRESHNESS_BUCKETS, registry=r)
+        self.m_rebalances = Counter("feature_consumer_rebalances", "Partition assignment changes", ["kind"],
+                                  registry=r)
+        self.m_assigned_partitions = Gauge("feature_consumer_assigned_partitions", "Partitions owned", registry=r)
+        self.m_failures = Counter("feature_consumer_transient_failures", "Batches sent around again",
+                                ["error_class"], registry=r)
+        self.m_last_commit_age = Gauge("feature_consumer_seconds_since_last_commit",
+                                     "Seconds since this process last committed", registry=r)
+        self.m_last_commit_age.set_function(self._seconds_since_commit)
+        self.started = clock()
+        self.last_commit: float | None = None
+        self.last_turn: float | None = None
+        self.assignment_received = False
+        self.store_answers = False
+        # Per partition: committed offset, log end, oldest uncommitted record timestamp (s), caught-up time.
+        self.owned: set[TP] = set()
+        self.committed_offsets: dict[TP, int] = {}
+        self.log_ends: dict[TP, int] = {}
+        self.oldest_pending: dict[TP, float] = {}
+        self.caught_up_at: dict[TP, float] = {}
+
+    # ------------------------------------------------------------------ loop events
+
+    def loop_turned(self, now: float) -> None:
+        self.last_turn = now
+
+    def batch_assembled(self, batch: Batch) -> None:
+        self.m_batch_size.observe(batch.size)
+        with self._lock:
+            for message in batch.messages:
+                tp = (message.topic() or "", message.partition() or 0)
+                if tp in self.oldest_pending:
+                    continue
+                kind, ts_ms = message.timestamp() if hasattr(message, "timestamp") else (0, 0)
+                if kind and ts_ms > 0:
+                    self.oldest_pending[tp] = ts_ms / 1000
+        for view_batch in batch.views:
+            self.m_consumed.labels(view_batch.view.name).inc(view_batch.records)
+            self.m_superseded.labels(view_batch.view.name).inc(view_batch.superseded)
+
+    def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None:
+        name = view_batch.view.name
+        written = report.count(RowStatus.APPLIED) + report.count(RowStatus.PARTIAL)
+        self.m_written.labels(name).inc(written)
+        self.m_stale.labels(name).inc(report.count(RowStatus.STALE))
+        self.m_not_applied.labels(name).inc(report.not_applied)
+        self.m_write_retries.labels(name).inc(report.retries)
+        latency = self.m_write_latency.labels(name)
+        for seconds in report.latencies:
+            latency.observe(seconds)
+        freshness = self.m_freshness.labels(name)
+        events = view_batch.rows.event_ms
+        for i, status in enumerate(report.statuses):
+            if status is RowStatus.APPLIED or status is RowStatus.PARTIAL:
+                freshness.observe(max(0.0, now - int(events[i]) / 1000))
+
+    def dead_lettered(self, rejected: list[Rejected]) -> None:
+        for item in rejected:
+            topic = item.error.source.topic if item.error.source else ""
+            views = self._views_by_topic.get(topic, [])
+            view = views[0] if len(views) == 1 else "(unknown)"
+            self.m_dead_lettered.labels(view, item.error.error_class).inc()
+
+    def committed(self, offsets: Mapping[TP, int], now: float) -> None:
+        with self._lock:
+            self.last_commit = now
+            for tp, offset in offsets.items():
+                self.committed_offsets[tp] = offset
+                self.oldest_pending.pop(tp, None)
+                self.m_committed_offset.labels(*_labels(tp)).set(offset)
+            self._refresh_lag(now)
+
+    def assigned(self, partitions: list[TP]) -> None:
+        with self._lock:
+            self.assignment_received = True
+            self.m_rebalances.labels("assign").inc()
+            now = self.clock()
+            for tp in partitions:
+                self.owned.add(tp)
+                self.caught_up_at.setdefault(tp, now)
+            self.m_assigned_partitions.set(len(self.owned))
+
+    def revoked(self, partitions: list[TP], lost: bool) -> None:
+        with self._lock:
+            self.m_rebalances.labels("lost" if lost else "revoke").inc()
+            for tp in partitions:
+                self.owned.discard(tp)
+                for store in (self.committed_offsets, self.log_ends, self.oldest_pending, self.caught_up_at):
+                    store.pop(tp, None)
+                for gauge in (self.m_lag_offsets, self.m_lag_seconds, self.m_committed_offset, self.m_log_end_offset,
+                              self.m_partition_paused):
+                    with contextlib.suppress(KeyError):  # no series yet for this partition
+                        gauge.remove(*_labels(tp))
+            self.m_assigned_partitions.set(len(self.owned))
+
+    def paused(self, partitions: set[TP], paused: bool) -> None:
+        for tp in partitions:
+            self.m_partition_paused.labels(*_labels(tp)).set(1 if paused else 0)
+
+    def failed(self, error: TransientError) -> None:
+        self.m_failures.labels(type(error).__name__).inc()
+
+    # ------------------------------------------------------------------ lag
+
+    def seed_committed(self, offsets: Mapping[TP, int]) -> None:
+        """Where the group stands for newly assigned partitions (before this process commits)."""
+        with self._lock:
+            for tp, offset in offsets.items():
+                if tp in self.owned and tp not in self.committed_offsets:
+                    self.committed_offsets[tp] = offset
+                    self.m_committed_offset.labels(*_labels(tp)).set(offset)
+
+    def update_log_end(self, ends: Mapping[TP, int]) -> None:
+        with self._lock:
+            for tp, end in ends.items():
+                if tp in self.owned:
+                    self.log_ends[tp] = end
+                    self.m_log_end_offset.labels(*_labels(tp)).set(end)
+            self._refresh_lag(self.clock())
+
+    def _refresh_lag(self, now: float) -> None:
+        for tp in self.owned:
+            end = self.log_ends.get(tp)
+            committed = self.committed_offsets.get(tp)
+            if end is None or committed is None:
+                continue
+            lag = max(0, end - committed)
+            self.m_lag_offsets.labels(*_labels(tp)).set(lag)
+            if lag == 0:
+                self.caught_up_at[tp] = now
+                self.oldest_pending.pop(tp, None)
+                self.m_lag_seconds.labels(*_labels(tp)).set(0)
+            else:
+                since = self.oldest_pending.get(tp, self.caught_up_at.get(tp, now))
+                self.m_lag_seconds.labels(*_labels(tp)).set(max(0.0, now - since))
+
+    def refresh(self) -> None:
+        """Recompute lag in seconds (it grows with wall time even when nothing else changes)."""
+        with self._lock:
+            self._refresh_lag(self.clock())
+
+    def snapshot(self) -> dict[TP, tuple[int | None, int | None]]:
+        with self._lock:
+            return {tp: (self.committed_offsets.get(tp), self.log_ends.get(tp)) for tp in self.owned}
+
+    def _seconds_since_commit(self) -> float:
+        return self.clock() - (self.last_commit if self.last_commit is not None else self.started)
+
+    # ------------------------------------------------------------------ health
+
+    def healthy(self, stuck_after_s: float) -> bool:
+        """The loop turned recently (it turns at least every half second when it is alive)."""
+        last = self.last_turn if self.last_turn is not None else self.started
+        return self.clock() - last <= stuck_after_s
+
+    def ready(self) -> bool:
+        return self.assignment_received and self.store_answers
+
+
+def _labels(tp: TP) -> tuple[str, str]:
+    return tp[0], str(tp[1])
+
+
+class LagCollector(threading.Thread):
+    """Asks the brokers for log end offsets of the assigned partitions, and Cassandra whether it answers."""
+
+    def __init__(self, metrics: Metrics, log_end: Callable[[Iterable[TP]], dict[TP, int]],
+                 committed: Callable[[Iterable[TP]], dict[TP, int]], ping: Callable[[], object],
+                 interval_s: float) -> None:
+        super().__init__(name="lag-collector", daemon=True)
+        self.metrics = metrics
+        self._log_end = log_end
+        self._committed = committed
+        self._ping = ping
+        self.interval_s = interval_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.collect()
+            self._stop_event.wait(self.interval_s)
+
+    def collect(self) -> None:
+        partitions = set(self.metrics.snapshot())
+        try:
+            unknown = [tp for tp, (committed, _) in self.metrics.snapshot().items() if committed is None]
+            if unknown:
+                self.metrics.seed_committed(self._committed(unknown))
+            if partitions:
+                self.metrics.update_log_end(self._log_end(partitions))
+        except Exception as exc:  # noqa: BLE001 - a failed collection leaves the last figures; it is retried
+            log.warning("lag collection failed: %s", exc)
+        self.metrics.refresh()
+        try:
+            self._ping()
+            self.metrics.store_answers = True
+        except Exception:  # noqa: BLE001 - any failure means "Cassandra does not answer"
+            self.metrics.store_answers = False
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def admin_offsets(admin_config: Mapping[str, Any], group_id: str, reset: str, timeout_s: float = 10.0
+                  ) -> tuple[Callable[[Iterable[TP]], dict[TP, int]], Callable[[Iterable[TP]], dict[TP, int]]]:
+    """(log end offsets, committed offsets) lookups through Kafka's admin API."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+    admin = AdminClient(dict(admin_config))
+
+    def ends(partitions: Iterable[TP]) -> dict[TP, int]:
+        spec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        futures = admin.list_offsets({TopicPartition(t, p): spec for t, p in partitions}, request_timeout=timeout_s)
+        return {(tp.topic, tp.partition): int(f.result(timeout_s).offset) for tp, f in futures.items()}
+
+    def committed(partitions: Iterable[TP]) -> dict[TP, int]:
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        request = ConsumerGroupTopicPartitions(group_id, tps)
+        result = admin.list_consumer_group_offsets([request], request_timeout=timeout_s)[group_id].result(timeout_s)
+        out = {}
+        missing = []
+        for tp in result.topic_partitions:
+            if tp.offset >= 0:
+                out[(tp.topic, tp.partition)] = tp.offset
+            else:
+                missing.append(TopicPartition(tp.topic, tp.partition))
+        if missing:
+            # No committed offset: the group starts where auto.offset.reset says.
+            where = OffsetSpec.earliest() if reset == "earliest" else OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            futures = admin.list_offsets({tp: where for tp in missing}, request_timeout=timeout_s)
+            out.update({(tp.topic, tp.partition): int(f.result(timeout_s).offset) for tp, f in futures.items()})
+        return out
+
+    return ends, committed
+
+
+class HealthServer:
+    """`/metrics`, `/healthz` and `/readyz` on one port."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, stuck_after_s: float) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    outer.metrics.refresh()
+                    self._send(200, generate_latest(outer.metrics.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok = outer.metrics.healthy(stuck_after_s)
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"loop stuck\n")
+                elif path == "/readyz":
+                    ok = outer.metrics.ready()
+                    why = b"ready\n" if ok else (b"no assignment yet\n" if not outer.metrics.assignment_received
+                                                 else b"cassandra does not answer\n")
+                    self._send(200 if ok else 503, why)
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.metrics = metrics
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

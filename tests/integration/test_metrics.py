@@ -1,0 +1,225 @@
+"""Lag, counters and health endpoints of the running daemon, against Kafka's own ConsumerGroupCommand."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumer.cassandra_sink import CassandraStore
+from consumer.config import CassandraSettings
+from stack import localstack
+from tests.daemon import Daemon, Deployment
+from tests.helpers import driver_view
+from tests.workload import generate
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    _, text = get(port, "/metrics")
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def partition_lag(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> dict[tuple[str, int], float]:
+    return {(dict(k)["topic"], int(dict(k)["partition"])): v
+            for k, v in metrics.get("feature_consumer_lag_offsets", {}).items()}
+
+
+def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def deployment(request: pytest.FixtureRequest, stack, keyspace, tmp_path: Path) -> Iterator[Deployment]:
+    from tests.conftest import unique_name
+
+    dep = Deployment(stack, unique_name(request, "met"), keyspace, tmp_path,
+                     batch={"max_records": 100, "max_wait_ms": 100},
+                     extra={"metrics": {"lag_interval_s": 0.5, "stuck_after_s": 4}})
+    dep.create_topics()
+    store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
+    store.create_schema([driver_view()], create_keyspace=False)
+    store.close()
+    yield dep
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.stop_quietly()
+
+
+def test_exported_lag_matches_consumer_group_command_during_and_after_a_backlog(deployment, daemons) -> None:
+    port = free_port()
+    deployment.write_config(metrics_port=port)
+    deployment.produce(generate(entities=3000, events_per_entity=1, seed=21, poison_rate=0.0))
+    daemons.append(Daemon(deployment))
+    wait_for(lambda: sum(partition_lag(scrape(port)).values()) > 0, what="a backlog in the metrics")
+    compared = 0
+    while True:
+        before = partition_lag(scrape(port))
+        kafka = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
+        after = partition_lag(scrape(port))
+        # Nothing is produced meanwhile: lag only falls, so Kafka's figure lies between the two scrapes,
+        # up to what one collection interval can hide.
+        for tp, (_, _, lag) in kafka.items():
+            if lag is None or tp not in before or tp not in after:
+                continue
+            assert after[tp] - 100 <= lag <= before[tp] + 100, (tp, before[tp], lag, after[tp])
+            compared += 1
+        if sum(after.values()) == 0 and all(v[2] == 0 for v in kafka.values()):
+            break
+    assert compared >= deployment.partitions
+    final = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
+    assert partition_lag(scrape(port)) == {tp: 0 for tp in final}
+    assert {tp: v[2] for tp, v in final.items()} == {tp: 0 for tp in final}
+
+
+def test_counters_and_freshness_move_as_records_flow(deployment, daemons) -> None:
+    port = free_port()
+    deployment.write_config(metrics_port=port)
+    daemons.append(Daemon(deployment))
+    wait_for(lambda: get(port, "/readyz")[0] == 200, what="readiness")
+    view = (("view", "driver_hourly_stats"),)
+    events = generate(entities=50, events_per_entity=4, seed=22, poison_rate=0.05)
+    deployment.produce(events)
+    deployment.wait_caught_up(daemons=daemons)
+    m = wait_for(lambda: (lambda s: s if s.get("feature_consumer_records_written_total", {}).get(view) else None)(
+        scrape(port)), what="written rows")
+    assert m["feature_consumer_records_consumed_total"][view] == len([e for e in events if not e.poison])
+    written = m["feature_consumer_records_written_total"][view]
+    assert written >= 50
+    assert m["feature_consumer_event_to_online_seconds_count"][view] == written
+    assert m["feature_consumer_write_latency_seconds_count"][view] > 0
+    dead = sum(m["feature_consumer_records_dead_lettered_total"].values())
+    assert dead == len([e for e in events if e.poison])
+    assert m["feature_consumer_assigned_partitions"][()] == deployment.partitions
+    assert m["feature_consumer_seconds_since_last_commit"][()] < 60
+    assert m["feature_consumer_rebalances_total"][(("kind", "assign"),)] >= 1
+
+
+def test_idle_partitions_read_zero_and_a_revoked_partition_is_no_longer_reported(deployment, daemons) -> None:
+    port_a, port_b = free_port(), free_port()
+    deployment.write_config(metrics_port=port_a)
+    daemons.append(Daemon(deployment, "a"))
+    wait_for(lambda: get(port_a, "/readyz")[0] == 200, what="readiness of a")
+    # Nothing produced: every partition is idle and caught up.
+    idle = wait_for(lambda: (lambda lag: lag if len(lag) == deployment.partitions else None)(
+        partition_lag(scrape(port_a))), what="lag series for every partition")
+    assert set(idle.values()) == {0}
+    seconds = scrape(port_a)["feature_consumer_lag_seconds"]
+    assert set(seconds.values()) == {0}
+
+    deployment.write_config(metrics_port=port_b)
+    daemons.append(Daemon(deployment, "b"))
+    wait_for(lambda: get(port_b, "/readyz")[0] == 200, what="readiness of b")
+    owned_a = wait_for(lambda: (lambda lag: lag if len(lag) < deployment.partitions else None)(
+        partition_lag(scrape(port_a))), what="a giving partitions up")
+    owned_b = partition_lag(scrape(port_b))
+    assert set(owned_a) | set(owned_b) == set(idle)
+    assert not set(owned_a) & set(owned_b)
+
+
+def test_lag_stays_right_while_partitions_are_paused(deployment, daemons) -> None:
+    port = free_port()
+    deployment.write_config(metrics_port=port)
+    daemons.append(Daemon(deployment))
+    wait_for(lambda: get(port, "/readyz")[0] == 200, what="readiness")
+    cassandra = localstack._read_pid("cassandra")
+    assert cassandra is not None
+    os.kill(cassandra, signal.SIGSTOP)
+    try:
+        deployment.produce(generate(entities=40, events_per_entity=2, seed=23, poison_rate=0.0))
+        paused = wait_for(lambda: (lambda s: s if s.get("feature_consumer_partition_paused") and
+                                   max(s["feature_consumer_partition_paused"].values()) == 1 else None)(scrape(port)),
+                          timeout_s=90, what="paused partitions")
+        assert paused
+        time.sleep(1.5)  # one more collection of log end offsets
+        kafka = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
+        ours = partition_lag(scrape(port))
+        assert ours == {tp: (v[2] if v[2] is not None else v[1]) for tp, v in kafka.items()}
+        assert sum(ours.values()) == 80
+    finally:
+        os.kill(cassandra, signal.SIGCONT)
+    deployment.wait_caught_up(daemons=daemons)
+    assert sum(partition_lag(wait_for(lambda: (lambda s: s if sum(partition_lag(s).values()) == 0 else None)(
+        scrape(port)), what="lag back to 0")).values()) == 0
+
+
+def test_readyz_waits_for_an_assignment_and_for_cassandra(stack, deployment, daemons) -> None:
+    port = free_port()
+    deployment.extra["kafka"] = {"bootstrap_servers": "127.0.0.1:1"}  # no broker: no assignment
+    deployment.write_config(metrics_port=port)
+    daemons.append(Daemon(deployment, "no-kafka"))
+    wait_for(lambda: _listening(port), what="the endpoint")
+    time.sleep(3)
+    assert get(port, "/readyz") == (503, "no assignment yet\n")
+    assert get(port, "/healthz")[0] == 200
+    daemons.pop().stop_quietly()
+
+    port = free_port()
+    deployment.extra["kafka"] = {}
+    deployment.extra["cassandra"] = {"port": 1, "connect_timeout_s": 1}
+    deployment.write_config(metrics_port=port)
+    daemons.append(Daemon(deployment, "no-cassandra"))
+    wait_for(lambda: _listening(port), what="the endpoint")
+    time.sleep(6)
+    assert get(port, "/readyz") == (503, "cassandra does not answer\n")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_healthz_turns_false_when_the_loop_is_stuck(deployment, daemons) -> None:
+    port = free_port()
+    deployment.extra["cassandra"] = {"request_timeout_s": 30}
+    deployment.write_config(metrics_port=port)
+    daemons.append(Daemon(deployment))
+    wait_for(lambda: get(port, "/readyz")[0] == 200, what="readiness")
+    assert get(port, "/healthz")[0] == 200
+    cassandra = localstack._read_pid("cassandra")
+    assert cassandra is not None
+    os.kill(cassandra, signal.SIGSTOP)  # the next write hangs inside the loop
+    try:
+        deployment.produce(generate(entities=5, events_per_entity=1, seed=24, poison_rate=0.0))
+        wait_for(lambda: get(port, "/healthz")[0] == 503, timeout_s=60, what="/healthz to fail")
+    finally:
+        os.kill(cassandra, signal.SIGCONT)
+    wait_for(lambda: get(port, "/healthz")[0] == 200, timeout_s=90, what="/healthz to recover")
