@@ -36,6 +36,8 @@ def get(port: int, path: str) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, ""  # not listening (yet)
 
 
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -148,11 +150,13 @@ def test_idle_partitions_read_zero_and_a_revoked_partition_is_no_longer_reported
     deployment.write_config(metrics_port=port_b)
     daemons.append(Daemon(deployment, "b"))
     wait_for(lambda: get(port_b, "/readyz")[0] == 200, what="readiness of b")
-    owned_a = wait_for(lambda: (lambda lag: lag if len(lag) < deployment.partitions else None)(
-        partition_lag(scrape(port_a))), what="a giving partitions up")
-    owned_b = partition_lag(scrape(port_b))
-    assert set(owned_a) | set(owned_b) == set(idle)
-    assert not set(owned_a) & set(owned_b)
+    def split() -> tuple[dict[tuple[str, int], float], dict[tuple[str, int], float]] | None:
+        a, b = partition_lag(scrape(port_a)), partition_lag(scrape(port_b))
+        return (a, b) if a and b and set(a) | set(b) == set(idle) and not set(a) & set(b) else None
+
+    owned_a, owned_b = wait_for(split, what="the partitions split between a and b, each reported once")
+    assert len(owned_a) < deployment.partitions
+    assert set(owned_a.values()) | set(owned_b.values()) == {0}
 
 
 def test_lag_stays_right_while_partitions_are_paused(deployment, daemons) -> None:
