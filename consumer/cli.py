@@ -37,53 +37,21 @@ def _registry(settings: Settings) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from consumer.avro import check_registry_subjects, topic_decoders
-    from consumer.cassandra_sink import CassandraStore
-    from consumer.deadletter import DeadLetterProducer
-    from consumer.kafka_source import KafkaSource
-    from consumer.metrics import HealthServer, LagCollector, Metrics, admin_offsets
-    from consumer.pipeline import Pipeline
+    from consumer.app import build
 
     settings = _settings(args)
-    registry = _registry(settings)
-    decoders = topic_decoders(settings.views, registry)
-    if registry is not None:
-        try:
-            check_registry_subjects(settings.views, registry)
-        except TransientError as exc:
-            log.warning("schema registry not reachable at start-up (%s); records wait until it is", exc)
-    store = CassandraStore(settings.cassandra)
-    dead_letters = DeadLetterProducer(
-        settings.kafka.producer_config(), settings.kafka.dead_letter_topic, settings.kafka.group_id
-    )
-    views_by_topic: dict[str, list[str]] = {}
-    for view in settings.views:
-        for topic in view.topics:
-            views_by_topic.setdefault(topic, []).append(view.name)
-    metrics = Metrics(views_by_topic=views_by_topic)
-    server = HealthServer(metrics, settings.metrics.host, settings.metrics.port, settings.metrics.stuck_after_s)
-    ends, committed = admin_offsets(settings.kafka.admin_config(), settings.kafka.group_id,
-                                    settings.kafka.auto_offset_reset)
-    collector = LagCollector(metrics, ends, committed, store.ping, settings.metrics.lag_interval_s)
-    pipeline = Pipeline(
-        settings, decoders, store, dead_letters,
-        lambda listener: KafkaSource(settings.kafka.consumer_config(), settings.topics, listener),
-        events=metrics,
-    )
+    daemon = build(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: pipeline.stop())
-    server.start()
-    collector.start()
-    log.info("feature-consumer %s: group %r, topics %s, views %s, metrics on http://%s:%d/metrics",
+        signal.signal(sig, lambda *_: daemon.pipeline.stop())
+    daemon.start_monitoring()
+    port = daemon.server.port if daemon.server else None
+    log.info("feature-consumer %s: group %r, topics %s, views %s, metrics on http://%s:%s/metrics",
              __version__, settings.kafka.group_id, settings.topics, [v.name for v in settings.views],
-             settings.metrics.host, server.port)
+             settings.metrics.host, port)
     try:
-        pipeline.run()
+        daemon.pipeline.run()
     finally:
-        collector.stop()
-        server.stop()
-        dead_letters.close()
-        store.close()
+        daemon.close()
     log.info("stopped")
     return 0
 

@@ -74,6 +74,49 @@ class Events:
     def failed(self, error: TransientError) -> None: ...
 
 
+class EventFanout(Events):
+    """Reports every event to several listeners, in order."""
+
+    def __init__(self, listeners: list[Events]) -> None:
+        self.listeners = listeners
+
+    def loop_turned(self, now: float) -> None:
+        for listener in self.listeners:
+            listener.loop_turned(now)
+
+    def batch_assembled(self, batch: Batch) -> None:
+        for listener in self.listeners:
+            listener.batch_assembled(batch)
+
+    def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None:
+        for listener in self.listeners:
+            listener.view_written(view_batch, report, now)
+
+    def dead_lettered(self, rejected: list[Rejected]) -> None:
+        for listener in self.listeners:
+            listener.dead_lettered(rejected)
+
+    def committed(self, offsets: Mapping[TP, int], now: float) -> None:
+        for listener in self.listeners:
+            listener.committed(offsets, now)
+
+    def assigned(self, partitions: list[TP]) -> None:
+        for listener in self.listeners:
+            listener.assigned(partitions)
+
+    def revoked(self, partitions: list[TP], lost: bool) -> None:
+        for listener in self.listeners:
+            listener.revoked(partitions, lost)
+
+    def paused(self, partitions: set[TP], paused: bool) -> None:
+        for listener in self.listeners:
+            listener.paused(partitions, paused)
+
+    def failed(self, error: TransientError) -> None:
+        for listener in self.listeners:
+            listener.failed(error)
+
+
 @dataclass(frozen=True)
 class Clock:
     wall: Callable[[], float] = time.time
