@@ -270,37 +270,31 @@ def anchor_feast(setup: Setup, name: str, records: Sequence[Record]) -> float:
 
 
 def latency_run(setup: Setup, rate: float, seconds: float, max_in_flight: int) -> tuple[float, float, int]:
-    """p50, p99 event-to-online seconds with records produced at `rate` per second, event time = now."""
+    """p50, p99 event-to-online seconds with records produced at `rate` per second, event time = now.
+
+    The producer is its own process (bench/produce_at_rate.py) and starts once the consumer has its
+    partitions and Cassandra has settled after seeding.
+    """
     topic = setup.topic("latency")
     keyspace = f"bench_latency_{setup.run}"
     settings = setup.settings(topic, keyspace, max_in_flight)
     view = settings.views[0]
     store = CassandraStore(settings.cassandra)
     store.create_schema([view], create_keyspace=True)
-    entities = 200_000
+    entities = 20_000
     seed_store(store, view, entity_keys([Record(i + 1, 0, 0, 0, 0) for i in range(entities)], view))
     store.close()
-    total = int(rate * seconds)
     probe = Probe({}, None)
     probe.keep_rows = False
     daemon = build(settings, serve_metrics=False, extra_events=probe)
     probe.stop = daemon.pipeline.stop
-    rng = np.random.default_rng(5)
 
     def producer_thread() -> None:
-        producer = Producer({"bootstrap.servers": setup.endpoints.bootstrap_servers, "linger.ms": 5})
-        probe.has_assignment.wait(60)  # records produced before the group formed would only measure its join
-        time.sleep(1)
-        started = time.monotonic()
-        for i in range(total):
-            due = started + i / rate
-            pause = due - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            record = Record(int(rng.integers(1, entities + 1)), int(time.time() * 1000), 0.5, 0.5, i)
-            producer.produce(topic, key=str(record.driver_id).encode(), value=record.value())
-            producer.poll(0)
-        producer.flush(60)
+        probe.has_assignment.wait(60)
+        time.sleep(5)  # let the group settle and Cassandra flush after seeding
+        probe.freshness.clear()
+        subprocess.run([sys.executable, str(ROOT / "bench" / "produce_at_rate.py"), setup.endpoints.bootstrap_servers,
+                        topic, str(rate), str(seconds), str(entities)], check=True, capture_output=True)
         ends = {(r.topic, r.partition): r.log_end
                 for r in group_lag({"bootstrap.servers": setup.endpoints.bootstrap_servers}, "none", [topic])}
         probe.ends = ends
@@ -364,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--rss-records", type=int, default=0, help="also measure peak RSS on this backlog")
     parser.add_argument("--rss-entities", type=int, default=20_000)
+    parser.add_argument("--latency-rate", type=float, default=0.0,
+                        help="records/s for the latency phase (default: half the measured uniform rate)")
+    parser.add_argument("--phases", default="throughput,latency", help="throughput, latency, rss (comma-separated)")
     args = parser.parse_args(argv)
 
     endpoints, _ = localstack.up(["kafka", "cassandra"], echo=lambda _: None)
@@ -372,6 +369,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     start_ms = int(time.time() * 1000) - 3_600_000
     print(f"records={args.records} per distribution, {PARTITIONS} partitions, max_in_flight={args.max_in_flight}")
     print()
+    phases = set(args.phases.split(",")) | ({"rss"} if args.rss_records else set())
+    uniform_rate = args.latency_rate * 2
+    if "throughput" in phases:
+        uniform_rate = throughput(setup, args, concurrencies, start_ms)
+    if "latency" in phases:
+        rate = uniform_rate / 2
+        p50, p99, n = latency_run(setup, rate, args.latency_seconds, args.max_in_flight)
+        print(f"event-to-online latency at {rate:,.0f} records/s (half the uniform rate), {n} rows: "
+              f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    if "rss" in phases:
+        peak, seconds, rate = rss_run(setup, args.rss_records or 1_000_000, args.rss_entities, args.zipf_s)
+        print(f"backlog of {args.rss_records or 1_000_000:,} records (Zipf over {args.rss_entities:,} entities): "
+              f"caught up in {seconds:.0f} s ({rate:,.0f} records/s), peak RSS {peak:.0f} MiB")
+
+
+def throughput(setup: Setup, args: argparse.Namespace, concurrencies: list[int], start_ms: int) -> float:
     print("| distribution | ours records/s | ours guarded writes/s | (a) raw conditional writes/s | ours / (a) "
           "| (b) Feast rows/s | ours / (b) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -390,13 +403,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"| {ours_writes:,.0f} | {raw:,.0f} (concurrency {best_concurrency}) | {ours_records / raw:.2f} "
               f"| {feast:,.0f} | {ours_records / feast:.2f} |", flush=True)
     print()
-    p50, p99, n = latency_run(setup, uniform_rate / 2, args.latency_seconds, args.max_in_flight)
-    print(f"event-to-online latency at {uniform_rate / 2:,.0f} records/s (half the uniform rate), {n} rows: "
-          f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
-    if args.rss_records:
-        peak, seconds, rate = rss_run(setup, args.rss_records, args.rss_entities, args.zipf_s)
-        print(f"backlog of {args.rss_records:,} records (Zipf over {args.rss_entities:,} entities): "
-              f"caught up in {seconds:.0f} s ({rate:,.0f} records/s), peak RSS {peak:.0f} MiB")
+    return uniform_rate
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ from consumer.store import Store, WriteReport
 
 log = logging.getLogger(__name__)
 
-# A poll blocks in C, where Python signal handlers cannot run: keep it short so SIGTERM is seen at once.
-MAX_POLL_BLOCK_S = 0.5
+# A poll blocks in C, where Python signal handlers cannot run, and returns early only once it has all the
+# messages asked for: short polls keep SIGTERM and batch deadlines prompt.
+MAX_POLL_BLOCK_S = 0.1
 
 
 class Source(Protocol):
@@ -181,25 +182,36 @@ class Pipeline(RebalanceListener):
         st = self.state
         now = self.clock.monotonic()
         self.events.loop_turned(self.clock.wall())
+        now_ms = int(now * 1000)
         if st.retry_at > now:
             # Waiting out a failure: partitions are paused; polling keeps the group membership alive.
-            self._accept(self.source.poll(1, min(st.retry_at - now, MAX_POLL_BLOCK_S)))
+            self._accept(self.source.poll(1, min(st.retry_at - now, MAX_POLL_BLOCK_S)), now_ms)
             return
-        now_ms = int(now * 1000)
         if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):
-            timeout = min(self.policy.poll_timeout_ms(now_ms, st.oldest_ms) / 1000, MAX_POLL_BLOCK_S)
-            self._accept(self.source.poll(self.policy.room(len(st.buffer)), timeout))
-            now_ms = int(self.clock.monotonic() * 1000)
+            # First take what is already there without waiting (records that arrived during the last write
+            # are due at once), and block only when that does not make a batch.
+            self._accept(self.source.poll(self.policy.room(len(st.buffer)), 0), now_ms)
             if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):
-                return
+                timeout = min(self.policy.poll_timeout_ms(now_ms, st.oldest_ms) / 1000, MAX_POLL_BLOCK_S)
+                self._accept(self.source.poll(self.policy.room(len(st.buffer)), timeout), now_ms)
+                now_ms = int(self.clock.monotonic() * 1000)
+                if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):
+                    return
         self._flush()
 
-    def _accept(self, messages: list[Message]) -> None:
+    def _accept(self, messages: list[Message], poll_started_ms: int) -> None:
         if not messages:
             return
         st = self.state
         if st.oldest_ms is None:
-            st.oldest_ms = int(self.clock.monotonic() * 1000)
+            # A batch ages from when its first record reached Kafka: records that waited through the previous
+            # write are due at once, so writes follow each other under load, and batching only waits when
+            # the stream is slow. The poll's start bounds it, for producers whose clocks run ahead.
+            st.oldest_ms = poll_started_ms
+            kind, created_ms = messages[0].timestamp()
+            if kind and created_ms > 0:
+                age_ms = int(self.clock.wall() * 1000) - created_ms
+                st.oldest_ms = min(poll_started_ms, int(self.clock.monotonic() * 1000) - max(0, age_ms))
         st.buffer.extend(messages)
 
     def _flush(self) -> None:

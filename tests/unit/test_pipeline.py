@@ -17,7 +17,7 @@ P0, P1 = (TOPIC, 0), (TOPIC, 1)
 
 
 class Harness:
-    def __init__(self, max_records: int = 4, max_wait_ms: int = 100) -> None:
+    def __init__(self, max_records: int = 4, max_wait_ms: int = 1000) -> None:
         view = driver_view()
         self.settings = Settings(
             batch={"max_records": max_records, "max_wait_ms": max_wait_ms},
@@ -78,7 +78,7 @@ def test_a_partial_batch_waits_for_its_deadline(h: Harness) -> None:
     h.produce(0, [driver_body(driver_id=1)])
     h.pipeline.step()
     assert h.store.writes == 0
-    h.clock.advance(0.2)
+    h.clock.advance(1.0)
     h.steps(1)
     assert h.store.writes == 1
     assert h.source.committed_offsets() == {P0: 1}
@@ -170,8 +170,9 @@ def test_only_newest_values_survive_out_of_order_delivery(h: Harness) -> None:
     h.produce(0, [driver_body(driver_id=1, ts=T0_MICROS + 5 * s, conv=0.5),
                   driver_body(driver_id=1, ts=T0_MICROS + 1 * s, conv=0.1)])
     h.produce(1, [driver_body(driver_id=1, ts=T0_MICROS + 3 * s, conv=0.3)])
-    h.clock.advance(1)
-    h.steps(4)
+    h.steps(1)  # buffered: three records do not make a batch
+    h.clock.advance(1.0)
+    h.steps(2)
     cells = h.stored(1)
     assert {c.event_ms for c in cells.values()} == {(T0_MICROS + 5 * s) // 1000}
     assert h.source.committed_offsets() == {P0: 2, P1: 1}
