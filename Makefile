@@ -23,6 +23,7 @@ feast-venv: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.decode
+	$(BIN)/python -m bench.e2e
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
