@@ -194,6 +194,18 @@ def assemble(
     return Batch(messages, views, rejected, next_offsets)
 
 
+def map_records(
+    plan: Plan, records: list[dict[str, Any]], limits: Limits, now_ms: int
+) -> tuple[ViewBatch | None, list[tuple[int, str]]]:
+    """Map, check, coalesce and encode records that are already decoded (the backfill's way in).
+
+    Returns the view batch (None when every record was refused) and (record index, reason) per refusal;
+    `ViewBatch.positions` are record indices.
+    """
+    part, bad = _map_group(_Group(plan, records, list(range(len(records)))), limits, now_ms)
+    return (None if part is None else _coalesce(plan.view, [part])), bad
+
+
 # --------------------------------------------------------------------------- mapping
 
 

@@ -4,6 +4,7 @@
     feature-consumer init-schema --config FILE   create each view's table (Feast's DDL), and the keyspace if asked
     feature-consumer check --config FILE         validate the config and reach Kafka, Cassandra and the registry
     feature-consumer lag --config FILE           per-partition lag of the consumer group
+    feature-consumer backfill --config FILE --input FILE   offline rows through the same guard
 
 Exit codes: 0 success; 1 a check failed or an unexpected error; 2 the configuration is wrong.
 """
@@ -147,6 +148,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if all(results) else 1
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from consumer.backfill import backfill, read_frame
+    from consumer.cassandra_sink import CassandraStore
+
+    settings = _settings(args)
+    names = [v.name for v in settings.views]
+    if args.view is None and len(names) != 1:
+        raise ConfigError(f"--view is needed: the config has views {names}")
+    view = next((v for v in settings.views if v.name == (args.view or names[0])), None)
+    if view is None:
+        raise ConfigError(f"--view {args.view!r} is not in the config (views: {names})")
+    frame = read_frame(Path(args.input))
+    store = CassandraStore(settings.cassandra)
+    try:
+        summary = backfill(view, frame, store, settings.limits.limits(), chunk_size=args.chunk_size)
+    finally:
+        store.close()
+    print(summary.render())
+    return 0 if summary.rejected == 0 else 1
+
+
 def cmd_lag(args: argparse.Namespace) -> int:
     from consumer.lag import format_table, group_lag
 
@@ -179,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--create-keyspace", action="store_true",
                       help="also create the keyspace (with cassandra.replication) if it does not exist")
     command("check", cmd_check, "validate the config and reach every dependency")
+    fill = command("backfill", cmd_backfill, "write offline feature rows (parquet/CSV) through the guard")
+    fill.add_argument("--input", "-i", required=True, help="a .parquet or .csv push frame")
+    fill.add_argument("--view", help="the feature view (needed when the config has several)")
+    fill.add_argument("--chunk-size", type=int, default=5000)
     lag = command("lag", cmd_lag, "print the consumer group's lag per partition")
     lag.add_argument("--group", help="another consumer group than the configured one")
     return parser

@@ -1,0 +1,165 @@
+"""Backfill: offline feature rows written through the same guarded path as the stream.
+
+A materialization or `get_historical_features` result (parquet or CSV) is read as a push frame: one
+column per join key, the view's timestamp field, its created timestamp field (optional) and one column
+per feature. Rows go through the stream's mapping checks, coalescing and Feast encodings, and are
+written with the same lightweight-transaction guard, so a backfill never overwrites a newer streamed
+value, and a stream never loses to an older backfilled one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pandas as pd
+
+from consumer.avro import ColumnPlan, Plan
+from consumer.batch import Limits, map_records
+from consumer.dtypes import DTYPES, Dtype, Kind
+from consumer.errors import ConfigError
+from consumer.store import RowStatus, Store
+from consumer.views import FeatureView
+
+_NATURAL_AVRO = {
+    Kind.INT32: "int", Kind.INT64: "long", Kind.FLOAT32: "float", Kind.FLOAT64: "double",
+    Kind.STRING: "string", Kind.BYTES: "bytes", Kind.BOOL: "boolean", Kind.UNIX_TIMESTAMP: "long",
+}
+
+
+def frame_plan(view: FeatureView) -> Plan:
+    """How a push frame's columns map to the view: by name, timestamps as microseconds."""
+
+    def column(name: str, dtype: Dtype) -> ColumnPlan:
+        micros = 1 if dtype.kind is Kind.UNIX_TIMESTAMP else 0
+        return ColumnPlan(name, name, dtype, True, _NATURAL_AVRO[dtype.kind], micros)
+
+    ts = DTYPES["UnixTimestamp"]
+    return Plan(
+        view=view,
+        schema_id=None,
+        keys=tuple(column(e.name, e.value_type) for e in view.entities),
+        features=tuple(column(f.name, f.dtype) for f in view.features),
+        event_ts=column(view.timestamp_field, ts),
+        created_ts=column(view.created_timestamp_field, ts) if view.created_timestamp_field else None,
+    )
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        try:
+            return pd.read_parquet(path)
+        except ImportError as exc:
+            raise ConfigError(f"reading {path} needs pyarrow: pip install 'feature-consumer[parquet]'") from exc
+    if suffix == ".csv":
+        return pd.read_csv(path)
+    raise ConfigError(f"{path}: backfill reads .parquet or .csv files")
+
+
+def _micros(column: pd.Series) -> list[Any]:
+    stamps = pd.to_datetime(column, utc=True)
+    values = stamps.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").astype(np.int64).tolist()
+    return [None if missing else v for v, missing in zip(values, stamps.isna().tolist(), strict=True)]
+
+
+def _objects(column: pd.Series, dtype: Dtype) -> list[Any]:
+    out: list[Any] = []
+    for value in column.tolist():
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if dtype.is_list and dtype.kind is Kind.UNIX_TIMESTAMP and value is not None:
+            value = [None if v is None else int(pd.Timestamp(v).value // 1000) for v in value]
+        elif not isinstance(value, list) and (value is None or value is pd.NA or value is pd.NaT or
+                                              (isinstance(value, float) and value != value)):
+            value = None
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out.append(value)
+    return out
+
+
+def frame_records(view: FeatureView, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Push-frame rows as the mapping stage takes decoded records."""
+    missing = [c for c in [*(e.name for e in view.entities), view.timestamp_field, *(f.name for f in view.features)]
+               if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"view {view.name!r}: the backfill file has no columns {missing}")
+    columns: dict[str, list[Any]] = {view.timestamp_field: _micros(frame[view.timestamp_field])}
+    if view.created_timestamp_field:
+        created = frame[view.created_timestamp_field] if view.created_timestamp_field in frame.columns \
+            else pd.Series([None] * len(frame))
+        columns[view.created_timestamp_field] = _micros(created)
+    for name, dtype in [*view.join_keys, *((f.name, f.dtype) for f in view.features)]:
+        if dtype.kind is Kind.UNIX_TIMESTAMP and not dtype.is_list:
+            columns[name] = _micros(frame[name])
+        else:
+            columns[name] = _objects(frame[name], dtype)
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+@dataclass
+class Summary:
+    read: int = 0
+    written: int = 0
+    stale: int = 0
+    superseded: int = 0
+    rejected: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"rows read {self.read}, written {self.written}, skipped as stale {self.stale}, "
+                 f"superseded in the file {self.superseded}, rejected {self.rejected}"]
+        for reason, count in self.reasons.most_common():
+            lines.append(f"  rejected {count}: {reason}")
+        lines.extend(f"  e.g. {example}" for example in self.examples)
+        return "\n".join(lines)
+
+
+def _chunks(frame: pd.DataFrame, size: int) -> Iterator[tuple[int, pd.DataFrame]]:
+    for start in range(0, len(frame), size):
+        yield start, frame.iloc[start:start + size]
+
+
+def backfill(view: FeatureView, frame: pd.DataFrame, store: Store, limits: Limits, chunk_size: int = 5000,
+             clock: Callable[[], float] = time.time, progress: TextIO | None = sys.stderr,
+             progress_every_s: float = 5.0) -> Summary:
+    """Write a push frame through the guard, chunk by chunk; returns what became of its rows."""
+    plan = frame_plan(view)
+    summary = Summary()
+    started = last_report = clock()
+    total = len(frame)
+    for start, chunk in _chunks(frame, chunk_size):
+        records = frame_records(view, chunk)
+        view_batch, bad = map_records(plan, records, limits, int(clock() * 1000))
+        summary.read += len(records)
+        for index, reason in bad:
+            summary.rejected += 1
+            summary.reasons[reason.split(":")[0]] += 1
+            if len(summary.examples) < 5:
+                summary.examples.append(f"row {start + index}: {reason}")
+        if view_batch is not None:
+            summary.superseded += view_batch.superseded
+            report = store.write(view, view_batch.rows)
+            summary.written += report.count(RowStatus.APPLIED) + report.count(RowStatus.PARTIAL)
+            summary.stale += report.count(RowStatus.STALE)
+            for row, reason in report.failures.items():
+                summary.rejected += 1
+                summary.reasons["Cassandra refused the write"] += 1
+                if len(summary.examples) < 5:
+                    summary.examples.append(f"row {start + int(view_batch.positions[row])}: {reason}")
+        now = clock()
+        if progress is not None and (now - last_report >= progress_every_s or summary.read == total):
+            rate = summary.read / max(now - started, 1e-9)
+            print(f"backfill {view.name}: {summary.read}/{total} rows ({100 * summary.read / max(total, 1):.0f}%), "
+                  f"{rate:,.0f} rows/s", file=progress, flush=True)
+            last_report = now
+    return summary
