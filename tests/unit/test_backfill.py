@@ -69,7 +69,8 @@ def test_rejected_rows_are_counted_with_their_reason_and_the_rest_is_written() -
     data.loc[2, "event_timestamp"] = pd.NaT
     summary = run(store, data)
     assert (summary.read, summary.written, summary.rejected) == (3, 1, 2)
-    assert dict(summary.reasons) == {"join key 'driver_id' is null": 1, "event timestamp 'event_timestamp' is missing": 1}
+    assert dict(summary.reasons) == {
+        "join key 'driver_id' is null": 1, "event timestamp 'event_timestamp' is missing": 1}
     assert "rejected 1: join key 'driver_id' is null" in summary.render()
 
 
