@@ -127,6 +127,14 @@ class Deployment:
         return out
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL the daemon if the test process dies first (so no consumer is left behind)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class Daemon:
     """`feature-consumer run` in a subprocess; its output goes to a log file next to the config."""
 
@@ -136,7 +144,7 @@ class Daemon:
         cli = [sys.executable, "-m", "consumer.cli", "run", "-c", str(deployment.config_path)]
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cli, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
 
     def assert_alive(self) -> None:
         code = self.proc.poll()
