@@ -427,7 +427,7 @@ def topic_decoders(views: list[FeatureView], registry: SchemaSource | None) -> d
             by_topic.setdefault(topic, []).append(view)
     decoders: dict[str, TopicDecoder] = {}
     for topic, claimants in by_topic.items():
-        files = [v for v in claimants if v.schema_ref.file]
+        files = [v for v in claimants if v.schema_ref.file or v.schema_ref.avro]
         if files and len(claimants) > 1:
             raise ConfigError(
                 f"topic {topic!r}: plain Avro bodies carry no schema id, so views "
@@ -436,17 +436,19 @@ def topic_decoders(views: list[FeatureView], registry: SchemaSource | None) -> d
         if files:
             view = files[0]
             path = view.schema_ref.file
-            assert path is not None
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    text = fh.read()
-            except OSError as exc:
-                raise ConfigError(f"view {view.name!r}: cannot read schema file {path}: {exc}") from None
+            text = view.schema_ref.avro or ""
+            if path is not None:
+                try:
+                    with open(path, encoding="utf-8") as fh:
+                        text = fh.read()
+                except OSError as exc:
+                    raise ConfigError(f"view {view.name!r}: cannot read schema file {path}: {exc}") from None
+            where = f"schema file {path}" if path else "inline Avro schema"
             try:
                 writer = load_writer_schema(text)
                 build_plan(view, writer)
             except SchemaMismatchError as exc:
-                raise ConfigError(f"{exc.reason} [schema file {path}]") from None
+                raise ConfigError(f"{exc.reason} [{where}]") from None
             decoders[topic] = TopicDecoder(topic, claimants, file_schema=writer)
         else:
             if registry is None:

@@ -1,6 +1,7 @@
 """The `feature-consumer` command line.
 
     feature-consumer run --config FILE           consume until SIGTERM/SIGINT, then drain, commit and leave
+    feature-consumer run --feast-repo PATH       the same, with the views and online store of a Feast repo
     feature-consumer init-schema --config FILE   create each view's table (Feast's DDL), and the keyspace if asked
     feature-consumer check --config FILE         validate the config and reach Kafka, Cassandra and the registry
     feature-consumer lag --config FILE           per-partition lag of the consumer group
@@ -26,7 +27,9 @@ log = logging.getLogger("consumer")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(args.config)
+    if args.config is None and args.feast_repo is None:
+        raise ConfigError("give --config FILE, --feast-repo PATH, or both")
+    return load_settings(args.config, feast_repo=args.feast_repo)
 
 
 def _registry(settings: Settings) -> Any:
@@ -194,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, fn: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", "-c", required=True, help="YAML config file (see examples/)")
+        p.add_argument("--config", "-c", help="YAML config file (see examples/)")
+        p.add_argument("--feast-repo", help="a Feast feature repo: its Kafka-fed views and online store")
         p.set_defaults(fn=fn)
         return p
 

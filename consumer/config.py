@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from consumer.batch import Limits
 from consumer.errors import ConfigError
-from consumer.views import TOPIC, FeatureView, check_identifier, parse_views
+from consumer.views import TOPIC, FeatureView, check_identifier, check_views, parse_views
 
 ENV_PREFIX = "FEATURE_CONSUMER_"
 
@@ -243,8 +243,13 @@ def _describe(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Read, merge and validate the configuration; ConfigError names the offending key."""
+def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                  feast_repo: str | Path | None = None) -> Settings:
+    """Read, merge and validate the configuration; ConfigError names the offending key.
+
+    With a Feast repo (the argument, or `feast_repo:` in the file), its views are added to the file's,
+    and its online store and Kafka settings become defaults that the file and the environment override.
+    """
     raw: dict[str, Any] = {}
     base = Path.cwd()
     if path is not None:
@@ -266,6 +271,20 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
     if not isinstance(views_raw, list):
         raise ConfigError("views: must be a list of feature views")
     views = parse_views(views_raw, base_dir=base)
+    repo_path = feast_repo or raw.get("feast_repo")
+    if repo_path:
+        from consumer.feast_repo import load_feast_repo
+
+        repo_path = Path(repo_path) if Path(repo_path).is_absolute() or feast_repo else base / repo_path
+        repo = load_feast_repo(repo_path)
+        raw["feast_repo"] = str(repo_path)
+        for section, defaults in (("cassandra", repo.cassandra), ("kafka", repo.kafka)):
+            given = raw.get(section) or {}
+            if not isinstance(given, dict):
+                raise ConfigError(f"{section}: must be a mapping")
+            raw[section] = {**defaults, **given}
+        views = [*repo.views, *views]
+        check_views(views)
     secrets_dir = os.environ.get(f"{ENV_PREFIX}SECRETS_DIR")
     try:
         settings = Settings(**raw, _secrets_dir=secrets_dir)

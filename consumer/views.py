@@ -74,19 +74,21 @@ class SchemaRef(_Model):
     """Where the Avro writer schema comes from.
 
     `file`: the records are plain Avro bodies written with this schema (a path relative to the
-    config file, or absolute). `registry`: the records are in the Confluent wire format and their
-    writer schema is fetched from the schema registry by id; `subject`, if given, is checked against
-    the view at start-up (its latest version).
+    config file, or absolute); `avro`: the same, with the schema's JSON given inline. `registry`: the
+    records are in the Confluent wire format and their writer schema is fetched from the schema
+    registry by id; `subject`, if given, is checked against the view at start-up (its latest version).
     """
 
     file: str | None = None
+    # The writer schema's JSON itself (what a Feast KafkaSource's AvroFormat carries): plain Avro bodies.
+    avro: str | None = None
     registry: bool = False
     subject: str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> SchemaRef:
-        if bool(self.file) == self.registry:
-            raise ValueError("set exactly one of `file` (plain Avro bodies) or `registry: true`")
+        if sum((bool(self.file), bool(self.avro), self.registry)) != 1:
+            raise ValueError("set exactly one of `file` or `avro` (plain Avro bodies) or `registry: true`")
         if self.subject and not self.registry:
             raise ValueError("`subject` only applies with `registry: true`")
         return self
