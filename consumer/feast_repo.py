@@ -88,12 +88,15 @@ def load_feast_repo(path: str | Path) -> FeastRepo:
                               "only AvroFormat is supported")
         if options.kafka_bootstrap_servers:
             result.kafka.setdefault("bootstrap_servers", options.kafka_bootstrap_servers)
+        keys = [{"name": c.name, "value_type": str(c.dtype)} for c in fv.entity_columns]
+        key_names = {k["name"] for k in keys}
         specs.append({
             "name": name,
             "project": config.project,
             "topics": [options.topic],
-            "entities": [{"name": c.name, "value_type": str(c.dtype)} for c in fv.entity_columns],
-            "features": [{"name": f.name, "dtype": str(f.dtype)} for f in fv.features],
+            "entities": keys,
+            # A StreamFeatureView may list a join key among its features too: it is a key, not a feature.
+            "features": [{"name": f.name, "dtype": str(f.dtype)} for f in fv.features if f.name not in key_names],
             "timestamp_field": source.timestamp_field,
             "created_timestamp_field": source.created_timestamp_column or None,
             "field_mapping": dict(source.field_mapping or {}),

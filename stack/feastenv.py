@@ -8,6 +8,7 @@ encodings, and Feast serving what the daemon wrote.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -32,10 +33,32 @@ def _installed() -> bool:
     return python().exists() and stamp.exists() and stamp.read_text().strip() == REQUIREMENT
 
 
-def ensure(echo: bool = True) -> Path:
-    """Create the virtualenv and install Feast unless that was done already; return its python."""
-    if _installed():
-        return python()
+def _project_stamp() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+
+
+def ensure(echo: bool = True, with_project: bool = False) -> Path:
+    """Create the virtualenv and install Feast unless that was done already; return its python.
+
+    `with_project` also installs this project into it (editable), as `feature-consumer[feast]` would be:
+    for the daemon's `--feast-repo` mode next to Feast itself.
+    """
+    if not _installed():
+        _install_feast(echo)
+    if with_project:
+        stamp = venv_dir() / ".project"
+        if not stamp.exists() or stamp.read_text() != _project_stamp():
+            proc = subprocess.run(
+                [str(python()), "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS), "-e", str(ROOT)],
+                capture_output=True, text=True,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"installing the project into {venv_dir()} failed:\n{proc.stdout}\n{proc.stderr}")
+            stamp.write_text(_project_stamp())
+    return python()
+
+
+def _install_feast(echo: bool) -> None:
     target = venv_dir()
     if echo:
         print(f"creating {target} with {REQUIREMENT} (once; this takes a few minutes)", file=sys.stderr)
@@ -46,7 +69,6 @@ def ensure(echo: bool = True) -> Path:
     if proc.returncode != 0:
         raise RuntimeError(f"installing {REQUIREMENT} into {target} failed:\n{proc.stdout}\n{proc.stderr}")
     (target / ".installed").write_text(REQUIREMENT)
-    return python()
 
 
 if __name__ == "__main__":
