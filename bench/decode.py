@@ -30,7 +30,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer.avro import RegistryClient, topic_decoders
+from consumer.avro import RegistryClient, strip_logical_types, topic_decoders
 from consumer.batch import Limits, assemble
 from consumer.views import parse_views
 from stack import localstack
@@ -56,14 +56,6 @@ def make_messages(registry_url: str, topic: str, n: int, entities: int, seed: in
         }
         out.append(Message(topic=topic, partition=i % 8, offset=i // 8, value=serializer(record, ctx)))
     return out
-
-
-def strip_logical(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: strip_logical(v) for k, v in node.items() if k != "logicalType"}
-    if isinstance(node, list):
-        return [strip_logical(v) for v in node]
-    return node
 
 
 def timed(candidates: dict[str, Callable[[], int]], repeat: int) -> dict[str, tuple[float, int]]:
@@ -104,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return sum(1 for v in values if deserializer(v, ctx) is not None)
 
     registered = fastavro.parse_schema(SCHEMA)
-    stripped = fastavro.parse_schema(strip_logical(SCHEMA))
+    stripped = fastavro.parse_schema(strip_logical_types(SCHEMA))
 
     def bare(schema: Any) -> Callable[[], int]:
         def run() -> int:

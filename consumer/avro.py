@@ -238,11 +238,12 @@ def build_plan(view: FeatureView, writer: WriterSchema) -> Plan:
     return Plan(view, writer.schema_id, keys, feats, event, created)
 
 
-def _strip_logical_types(schema: Any) -> Any:
+def strip_logical_types(schema: Any) -> Any:
+    """The schema without logical types: values decode as their base types (timestamps as integers)."""
     if isinstance(schema, list):
-        return [_strip_logical_types(s) for s in schema]
+        return [strip_logical_types(s) for s in schema]
     if isinstance(schema, dict):
-        return {k: _strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+        return {k: strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
     return schema
 
 
@@ -250,7 +251,7 @@ def load_writer_schema(text: str | Mapping[str, Any], schema_id: int | None = No
     """Parse a writer schema once. Logical types are dropped: values come back as their base types."""
     try:
         raw = json.loads(text) if isinstance(text, str) else copy.deepcopy(dict(text))
-        parsed = fastavro.parse_schema(_strip_logical_types(raw))
+        parsed = fastavro.parse_schema(strip_logical_types(raw))
     except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as exc:
         what = f"schema id {schema_id}" if schema_id is not None else "the schema"
         raise SchemaMismatchError(f"{what} is not a valid Avro schema: {exc}") from exc

@@ -173,15 +173,6 @@ class FeatureView(_Model):
         return column
 
 
-def _describe(err: ValidationError) -> str:
-    parts = []
-    for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"])
-        msg = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
-
-
 def _field_names(raw: dict[str, Any], key: str) -> list[str]:
     items = raw.get(key) or []
     return [str(i.get("name")) for i in items if isinstance(i, dict)]

@@ -11,6 +11,7 @@ from typing import Any
 
 import fastavro
 
+from consumer.avro import strip_logical_types
 from consumer.views import FeatureView
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,20 +72,16 @@ def driver_record(driver_id: int = 1001, ts: int = T0_MICROS, created: int = T0_
 
 def plain_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """The same schema with timestamp logical types removed, to write raw integers."""
-    def strip(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k != "logicalType"}
-        if isinstance(node, list):
-            return [strip(n) for n in node]
-        return node
-    return strip(schema)  # type: ignore[no-any-return]
+    result: dict[str, Any] = strip_logical_types(schema)
+    return result
 
 
 def driver_body(**fields: Any) -> bytes:
     return avro_body(plain_schema(DRIVER_SCHEMA), driver_record(**fields))
 
 
-def driver_view(**overrides: Any) -> FeatureView:
+def driver_view_spec(**overrides: Any) -> dict[str, Any]:
+    """The config-file form of the seed's driver_hourly_stats view."""
     spec: dict[str, Any] = {
         "name": "driver_hourly_stats",
         "project": "feast_demo",
@@ -100,4 +97,8 @@ def driver_view(**overrides: Any) -> FeatureView:
         "schema": {"file": str(DRIVER_SCHEMA_PATH)},
     }
     spec.update(overrides)
-    return FeatureView.model_validate(spec)
+    return spec
+
+
+def driver_view(**overrides: Any) -> FeatureView:
+    return FeatureView.model_validate(driver_view_spec(**overrides))

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from consumer.cassandra_sink import CassandraStore
-from consumer.config import CassandraSettings
 from tests.daemon import Daemon, Deployment
 from tests.helpers import driver_view
 from tests.workload import HOUR_MS, Event, compare, entity_key, expected_state
@@ -20,23 +18,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def deployment(request: pytest.FixtureRequest, stack, keyspace, tmp_path: Path) -> Iterator[Deployment]:
-    from tests.conftest import unique_name
-
-    dep = Deployment(stack, unique_name(request, "bf"), keyspace, tmp_path)
-    dep.create_topics()
-    dep.write_config()
-    store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
-    store.create_schema([driver_view()], create_keyspace=False)
-    store.close()
-    yield dep
-
-
-@pytest.fixture
-def reader(stack, keyspace) -> Iterator[CassandraStore]:
-    store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
-    yield store
-    store.close()
+def deployment(make_deployment: Callable[..., Deployment]) -> Deployment:
+    return make_deployment("bf")
 
 
 def events(drivers: range, hour: int, first_index: int, base_ms: int) -> list[Event]:

@@ -5,13 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from consumer.cassandra_sink import CassandraStore
-from consumer.config import CassandraSettings
 from tests.daemon import Daemon, Deployment
 from tests.helpers import driver_view
 from tests.workload import compare, expected_state, generate
@@ -20,31 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def deployment(request: pytest.FixtureRequest, stack, keyspace, tmp_path: Path) -> Iterator[Deployment]:
-    from tests.conftest import unique_name
-
-    dep = Deployment(stack, unique_name(request, "feat"), keyspace, tmp_path)
-    dep.create_topics()
-    dep.write_config()
-    store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
-    store.create_schema([driver_view()], create_keyspace=False)
-    store.close()
-    yield dep
-
-
-@pytest.fixture
-def reader(stack, keyspace) -> Iterator[CassandraStore]:
-    store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.stop_quietly()
+def deployment(make_deployment: Callable[..., Deployment]) -> Deployment:
+    return make_deployment("feat")
 
 
 def test_out_of_order_duplicate_and_tied_events_end_at_the_newest_value(deployment, reader, daemons) -> None:

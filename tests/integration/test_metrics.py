@@ -8,17 +8,13 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.cassandra_sink import CassandraStore
-from consumer.config import CassandraSettings
 from stack import localstack
 from tests.daemon import Daemon, Deployment
-from tests.helpers import driver_view
 from tests.workload import generate
 
 pytestmark = pytest.mark.integration
@@ -65,25 +61,9 @@ def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):  # type
 
 
 @pytest.fixture
-def deployment(request: pytest.FixtureRequest, stack, keyspace, tmp_path: Path) -> Iterator[Deployment]:
-    from tests.conftest import unique_name
-
-    dep = Deployment(stack, unique_name(request, "met"), keyspace, tmp_path,
-                     batch={"max_records": 100, "max_wait_ms": 100},
-                     extra={"metrics": {"lag_interval_s": 0.5, "stuck_after_s": 4}})
-    dep.create_topics()
-    store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
-    store.create_schema([driver_view()], create_keyspace=False)
-    store.close()
-    yield dep
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for daemon in started:
-        daemon.stop_quietly()
+def deployment(make_deployment: Callable[..., Deployment]) -> Deployment:
+    return make_deployment("met", batch={"max_records": 100, "max_wait_ms": 100},
+                           extra={"metrics": {"lag_interval_s": 0.5, "stuck_after_s": 4}})
 
 
 def test_exported_lag_matches_consumer_group_command_during_and_after_a_backlog(deployment, daemons) -> None:

@@ -12,26 +12,9 @@ from consumer.avro import topic_decoders
 from consumer.config import load_settings
 from consumer.errors import ConfigError
 from consumer.views import parse_views
-from tests.helpers import DRIVER_SCHEMA, ROOT
+from tests.helpers import DRIVER_SCHEMA, ROOT, driver_view_spec
 
-
-def spec(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": "driver_hourly_stats",
-        "project": "feast_demo",
-        "topics": ["driver_stats"],
-        "entities": [{"name": "driver_id", "value_type": "INT64"}],
-        "features": [
-            {"name": "conv_rate", "dtype": "Float32"},
-            {"name": "acc_rate", "dtype": "Float32"},
-            {"name": "avg_daily_trips", "dtype": "Int64"},
-        ],
-        "timestamp_field": "event_timestamp",
-        "created_timestamp_field": "created",
-        "schema": {"file": str(ROOT / "schemas" / "driver_hourly_stats.avsc")},
-    }
-    base.update(overrides)
-    return base
+spec = driver_view_spec
 
 
 def test_the_example_config_loads_and_resolves_against_its_schema() -> None:
