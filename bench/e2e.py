@@ -336,11 +336,12 @@ def rss_run(setup: Setup, records: int, entities: int, zipf_s: float) -> tuple[f
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     peak_kib = 0
+    admin = AdminClient(settings.kafka.admin_config())
     try:
         while True:
             status = Path(f"/proc/{proc.pid}/status").read_text()
             peak_kib = max(peak_kib, int(status.split("VmHWM:")[1].split()[0]))
-            rows = group_lag(settings.kafka.admin_config(), settings.kafka.group_id, [topic])
+            rows = group_lag(admin, settings.kafka.group_id, [topic])
             if rows and all(r.lag == 0 for r in rows):
                 break
             if proc.poll() is not None:

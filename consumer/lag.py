@@ -28,9 +28,11 @@ class PartitionLag:
         return None if self.committed is None else max(0, self.log_end - self.committed)
 
 
-def group_lag(admin_config: Mapping[str, Any], group_id: str, topics: Iterable[str],
+def group_lag(admin: AdminClient | Mapping[str, Any], group_id: str, topics: Iterable[str],
               timeout_s: float = 15.0) -> list[PartitionLag]:
-    admin = AdminClient(dict(admin_config))
+    """Lag per partition of `topics` for the group. Callers that ask repeatedly pass one AdminClient."""
+    if not isinstance(admin, AdminClient):
+        admin = AdminClient(dict(admin))
     topics = sorted(set(topics))
     try:
         metadata = admin.list_topics(timeout=timeout_s)

@@ -109,7 +109,7 @@ def main() -> int:
         daemon = subprocess.Popen([*cli, "run", "-c", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
         started = time.monotonic()
         while True:
-            rows = group_lag(settings.kafka.admin_config(), settings.kafka.group_id, [topic])
+            rows = group_lag(admin, settings.kafka.group_id, [topic])
             if rows and all(r.lag == 0 for r in rows):
                 break
             if daemon.poll() is not None or time.monotonic() - started > 120:

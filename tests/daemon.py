@@ -35,6 +35,7 @@ class Deployment:
     run: dict[str, Any] = field(default_factory=lambda: {"drain_timeout_s": 15, "backoff_min_ms": 100,
                                                          "backoff_max_ms": 2000})
     extra: dict[str, Any] = field(default_factory=dict)
+    _admin: AdminClient | None = field(default=None, repr=False)
 
     @property
     def group(self) -> str:
@@ -91,7 +92,10 @@ class Deployment:
         return count
 
     def lag(self) -> list[PartitionLag]:
-        return group_lag({"bootstrap.servers": self.endpoints.bootstrap_servers}, self.group, [self.topic])
+        if self._admin is None:
+            # One client for all the polling: librdkafka handles are not meant to be made by the hundred.
+            self._admin = AdminClient({"bootstrap.servers": self.endpoints.bootstrap_servers})
+        return group_lag(self._admin, self.group, [self.topic])
 
     def total_lag(self) -> int | None:
         rows = self.lag()

@@ -110,10 +110,11 @@ def avro(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
 
 
 def wait_caught_up(bootstrap: str, group: str, topics: list[str], proc: subprocess.Popen[bytes], log: Path) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()[-4000:]
-        rows = group_lag({"bootstrap.servers": bootstrap}, group, topics)
+        rows = group_lag(admin, group, topics)
         # An empty partition has nothing to commit: no committed offset, and nothing behind.
         if rows and all(r.lag == 0 or (r.committed is None and r.log_end == 0) for r in rows):
             return
