@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from consumer.avro import RegistryClient, check_registry_subjects, topic_decoders
@@ -41,7 +42,8 @@ class Daemon:
         self.store.close()
 
 
-def build(settings: Settings, serve_metrics: bool = True, extra_events: Events | None = None) -> Daemon:
+def build(settings: Settings, serve_metrics: bool = True, extra_events: Events | None = None,
+          stop: threading.Event | None = None) -> Daemon:
     """The whole daemon for these settings; call `start_monitoring()` then `pipeline.run()`."""
     registry = None
     if settings.schema_registry is not None:
@@ -72,5 +74,6 @@ def build(settings: Settings, serve_metrics: bool = True, extra_events: Events |
         settings, decoders, store, dead_letters,
         lambda listener: KafkaSource(settings.kafka.consumer_config(), settings.topics, listener),
         events=events,
+        stop=stop,
     )
     return Daemon(pipeline, store, dead_letters, metrics, server, collector)

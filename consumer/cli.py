@@ -16,17 +16,26 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consumer import __version__
-from consumer.config import Settings, load_settings
 from consumer.errors import ConfigError, FeatureConsumerError, TransientError
+
+if TYPE_CHECKING:
+    from consumer.config import Settings
+
+# Set by SIGTERM/SIGINT from the first moment of `main` (before the heavy imports), so that a stop asked
+# for during start-up ends the process cleanly instead of killing it.
+STOP = threading.Event()
 
 log = logging.getLogger("consumer")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from consumer.config import load_settings
+
     if args.config is None and args.feast_repo is None:
         raise ConfigError("give --config FILE, --feast-repo PATH, or both")
     return load_settings(args.config, feast_repo=args.feast_repo)
@@ -44,9 +53,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from consumer.app import build
 
     settings = _settings(args)
-    daemon = build(settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: daemon.pipeline.stop())
+    daemon = build(settings, stop=STOP)
+    if STOP.is_set():
+        log.info("stopped during start-up")
+        daemon.close()
+        return 0
     daemon.start_monitoring()
     port = daemon.server.port if daemon.server else None
     log.info("feature-consumer %s: group %r, topics %s, views %s, metrics on http://%s:%s/metrics",
@@ -217,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: STOP.set())
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -361,5 +361,6 @@ class HealthServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which never ran if not started
+            self.server.shutdown()
         self.server.server_close()

@@ -146,6 +146,7 @@ class Pipeline(RebalanceListener):
         source_factory: Callable[[RebalanceListener], Source],
         events: Events | None = None,
         clock: Clock | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.decoders = decoders
@@ -157,7 +158,7 @@ class Pipeline(RebalanceListener):
         self.policy = BatchPolicy(settings.batch.max_records, settings.batch.max_wait_ms)
         self.backoff = Backoff(settings.run.backoff_min_ms, settings.run.backoff_max_ms)
         self.state = _State()
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self.source = source_factory(self)
 
     # ------------------------------------------------------------------ running

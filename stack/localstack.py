@@ -313,14 +313,15 @@ def _ready_timeout() -> float:
     return float(os.environ.get("STACK_READY_TIMEOUT", "180"))
 
 
-def _start_kafka(ports: Ports) -> None:
+def _start_kafka(ports: Ports, keep_data: bool = False) -> None:
     java = _require_java()
     classpath = os.pathsep.join(_maven_paths("kafka"))
     home = state_dir() / "kafka"
     data = home / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    data.mkdir(parents=True)
+    keep_data = keep_data and (data / "meta.properties").exists()
+    if not keep_data:
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
     props = home / "server.properties"
     props.write_text(
         (HERE / "kafka" / "server.properties").read_text().format(
@@ -333,15 +334,16 @@ def _start_kafka(ports: Ports) -> None:
         f"-Dkafka.logs.dir={home}",
         "-cp", classpath,
     ]
-    cluster_id = subprocess.run(
-        [*jvm, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
-    ).stdout.strip().splitlines()[-1]
-    fmt = subprocess.run(
-        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-        capture_output=True, text=True, check=False,
-    )
-    if fmt.returncode != 0:
-        raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+    if not keep_data:
+        cluster_id = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
+        ).stdout.strip().splitlines()[-1]
+        fmt = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            capture_output=True, text=True, check=False,
+        )
+        if fmt.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
     _spawn("kafka", [*jvm, "kafka.Kafka", str(props)], cwd=home)
 
 
@@ -373,14 +375,14 @@ def _cassandra_jvm_flags(jamm: str) -> list[str]:
     return flags
 
 
-def _start_cassandra(ports: Ports) -> None:
+def _start_cassandra(ports: Ports, keep_data: bool = False) -> None:
     java = _require_java()
     jars = _maven_paths("cassandra")
     jamm = next((j for j in jars if Path(j).name.startswith("jamm-")), None)
     if jamm is None:
         raise StackError("the Cassandra classpath has no jamm jar; stack/pom.xml is broken")
     home = state_dir() / "cassandra"
-    if home.exists():
+    if home.exists() and not keep_data:
         for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw"):
             shutil.rmtree(home / sub, ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
@@ -425,7 +427,7 @@ def _registry_jar() -> Path:
     return runners[0]
 
 
-def _start_registry(ports: Ports) -> None:
+def _start_registry(ports: Ports, keep_data: bool = False) -> None:
     java = _require_java()
     jar = _registry_jar()
     home = state_dir() / "registry"
@@ -442,7 +444,7 @@ def _start_registry(ports: Ports) -> None:
 @dataclasses.dataclass(frozen=True)
 class Service:
     name: str
-    start: Callable[[Ports], None]
+    start: Callable[..., None]
     probe: Callable[[Endpoints], bool]
     ports: Callable[[Ports], list[tuple[str, int]]]
 
@@ -559,6 +561,33 @@ def up(services: Iterable[str] = DEFAULT_SERVICES, ports: Ports | None = None,
                            state_dir() / name / "console.log")
         echo(f"{name} ready (pid {pid}, {took:.1f}s)")
     return endpoints, started
+
+
+def stop_service(name: str, kill: bool = False) -> None:
+    """Stop one running service and keep its data (for fault tests); SIGKILL when `kill`."""
+    pid = _read_pid(name)
+    if pid is None:
+        raise StackError(f"{name} is not running")
+    if kill:
+        os.killpg(pid, signal.SIGKILL)
+    _terminate(name, pid)
+
+
+def start_service(name: str, echo: Callable[[str], None] = print) -> float:
+    """Start a stopped service again on its recorded ports with its data kept; wait until it answers."""
+    ports = _running_ports() or Ports.from_env()
+    svc = SERVICE_TABLE[name]
+    if _read_pid(name) is not None:
+        raise StackError(f"{name} is already running")
+    _check_ports_free(name, svc.ports(ports))
+    svc.start(ports, keep_data=True)
+    pid = _read_pid(name)
+    if pid is None:
+        raise StackError(f"{name} exited at once")
+    took = _wait_ready(name, pid, functools.partial(svc.probe, Endpoints.for_ports(ports)), _ready_timeout(),
+                       state_dir() / name / "console.log")
+    echo(f"{name} started again (pid {pid}, {took:.1f}s)")
+    return took
 
 
 def down(services: Iterable[str] = SERVICES, echo: Callable[[str], None] = print) -> None:

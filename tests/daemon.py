@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ class Deployment:
     run: dict[str, Any] = field(default_factory=lambda: {"drain_timeout_s": 15, "backoff_min_ms": 100,
                                                          "backoff_max_ms": 2000})
     extra: dict[str, Any] = field(default_factory=dict)
+    # Registry framing: records carry a schema id, resolved through this registry URL.
+    registry_url: str | None = None
     _admin: AdminClient | None = field(default=None, repr=False)
 
     @property
@@ -64,9 +66,11 @@ class Deployment:
                 "features": [{"name": "conv_rate", "dtype": "Float32"}, {"name": "acc_rate", "dtype": "Float32"},
                              {"name": "avg_daily_trips", "dtype": "Int64"}],
                 "timestamp_field": "event_timestamp", "created_timestamp_field": "created",
-                "schema": {"file": str(DRIVER_SCHEMA_PATH)},
+                "schema": {"registry": True} if self.registry_url else {"file": str(DRIVER_SCHEMA_PATH)},
             }],
         }
+        if self.registry_url:
+            config["schema_registry"] = {"url": self.registry_url}
         for section, values in self.extra.items():
             config.setdefault(section, {}).update(values)
         self.config_path.write_text(yaml.safe_dump(config))
@@ -79,17 +83,25 @@ class Deployment:
         for future in futures.values():
             future.result(30)
 
-    def produce(self, events: Iterable[Event]) -> int:
+    def produce(self, events: Iterable[Event], encode: Callable[[Event], bytes] | None = None
+                ) -> dict[int, tuple[int, int]]:
+        """Produce the events (plain Avro bodies unless `encode` says otherwise); event index -> (partition,
+        offset)."""
         producer = Producer({"bootstrap.servers": self.endpoints.bootstrap_servers, "enable.idempotence": True,
                              "linger.ms": 20})
-        count = 0
-        for event in events:
-            producer.produce(self.topic, key=event.key, value=event.value())
-            count += 1
+        where: dict[int, tuple[int, int]] = {}
+        for count, event in enumerate(events, 1):
+            value = event.value() if encode is None or event.poison else encode(event)
+
+            def delivered(err: Any, msg: Any, index: int = event.index) -> None:
+                if err is None:
+                    where[index] = (msg.partition(), msg.offset())
+
+            producer.produce(self.topic, key=event.key, value=value, on_delivery=delivered)
             if count % 10_000 == 0:
                 producer.poll(0)
         assert producer.flush(60) == 0
-        return count
+        return where
 
     def lag(self) -> list[PartitionLag]:
         if self._admin is None:

@@ -48,15 +48,18 @@ class Event:
         if self.poison:
             return [b"\x01not-avro", b"", b"\x02\x80\x80"][self.index % 3]
         buf = io.BytesIO()
-        fastavro.schemaless_writer(buf, PARSED, {
+        fastavro.schemaless_writer(buf, PARSED, self.record())
+        return buf.getvalue()
+
+    def record(self) -> dict[str, Any]:
+        return {
             "driver_id": self.driver_id,
             "event_timestamp": self.event_ms * 1000,
             "created": (self.created_ms if self.created_ms is not None else self.event_ms) * 1000,
             "conv_rate": self.conv_rate,
             "acc_rate": self.acc_rate,
             "avg_daily_trips": self.trips,
-        })
-        return buf.getvalue()
+        }
 
     @property
     def key(self) -> bytes:

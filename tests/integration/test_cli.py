@@ -78,3 +78,18 @@ def test_a_configuration_error_exits_2_and_names_the_key(tmp_path: Path) -> None
     result = cli("check", "-c", str(path))
     assert result.returncode == 2
     assert "view 'driver_hourly_stats': feature 'conv_rate'.dtype: unknown dtype 'Float16'" in result.stderr
+
+
+def test_sigterm_during_start_up_exits_cleanly(stack, keyspace, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    dep = Deployment(stack, f"t_{uuid.uuid4().hex[:8]}", keyspace, tmp_path)
+    dep.write_config()
+    for delay in (0.3, 1.5):  # while importing, and while connecting
+        proc = subprocess.Popen([sys.executable, "-m", "consumer.cli", "run", "-c", str(dep.config_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out

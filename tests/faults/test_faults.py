@@ -1,0 +1,212 @@
+"""Faults during a stream, each ending with the oracle: nothing lost, nothing regressed, dead letters complete.
+
+The workload (tests/workload.py) holds out-of-order and late events, duplicates, ties and poison records.
+Services are stopped and started again for real (their data kept), consumers are killed with SIGKILL,
+scaled up and down, and the registry and the dead-letter topic disappear for a while.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from stack import localstack
+from tests.daemon import Daemon, Deployment
+from tests.helpers import DRIVER_SCHEMA, plain_schema
+from tests.proxy import TcpProxy
+from tests.workload import Event, generate
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration]
+
+BATCH = {"max_records": 200, "max_wait_ms": 100}
+
+
+@pytest.fixture
+def deployment(make_deployment: Callable[..., Deployment]) -> Deployment:
+    return make_deployment("fault", batch=BATCH)
+
+
+def reindex(events: list[Event], start: int) -> list[Event]:
+    return [Event(start + e.index, *list(e.__dict__.values())[1:]) for e in events]
+
+
+def wait_for_progress(deployment: Deployment, timeout_s: float = 60) -> None:
+    """Until the group has committed something (the consumer is mid-stream)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(r.committed for r in deployment.lag()):
+            return
+        time.sleep(0.2)
+    raise AssertionError("no commit within the time allowed")
+
+
+def test_kill_9_mid_batch_several_times(deployment, reader, daemons, record_figures) -> None:
+    events = generate(entities=400, events_per_entity=6, seed=31)
+    where = deployment.produce(events)
+    rng = random.Random(3)
+    kills = 0
+    for _ in range(4):
+        daemon = Daemon(deployment, f"k{kills}")
+        daemons.append(daemon)
+        if kills == 0:
+            wait_for_progress(deployment)
+        else:
+            time.sleep(2.5)  # start-up and a group rejoin
+        time.sleep(rng.uniform(0.5, 2.0))  # somewhere inside a batch's writes
+        daemon.kill()
+        kills += 1
+    daemons.append(Daemon(deployment, "final"))
+    deployment.wait_caught_up(timeout_s=180, daemons=daemons[-1:])
+    record_figures("kill -9 x4, restarts", deployment, reader, events, where, kills)
+
+
+def test_cassandra_stopped_mid_stream(deployment, reader, daemons, running, record_figures) -> None:
+    first = generate(entities=300, events_per_entity=4, seed=32)
+    where = deployment.produce(first)
+    daemon = Daemon(deployment)
+    daemons.append(daemon)
+    wait_for_progress(deployment)
+    localstack.stop_service("cassandra")
+    running.append(lambda: localstack._read_pid("cassandra") or localstack.start_service("cassandra"))
+    try:
+        committed_at_stop = {(r.topic, r.partition): r.committed for r in deployment.lag()}
+        second = reindex(generate(entities=300, events_per_entity=3, seed=33), len(first))
+        where.update(deployment.produce(second))
+        time.sleep(12)  # the store is down: the consumer backs off and pauses
+        daemon.assert_alive()
+        committed_now = {(r.topic, r.partition): r.committed for r in deployment.lag()}
+        # Nothing new is committed while nothing can be written (one batch in flight may finish).
+        advanced = sum((committed_now[tp] or 0) - (committed_at_stop[tp] or 0) for tp in committed_now)
+        assert advanced <= BATCH["max_records"], (committed_at_stop, committed_now)
+    finally:
+        localstack.start_service("cassandra")
+    deployment.wait_caught_up(timeout_s=240, daemons=daemons)
+    assert "retrying in" in daemon.log()
+    record_figures("Cassandra stopped ~30 s", deployment, reader, first + second, where, 1)
+
+
+def test_kafka_broker_restarted_mid_stream(deployment, reader, daemons, running, record_figures) -> None:
+    first = generate(entities=300, events_per_entity=4, seed=34)
+    where = deployment.produce(first)
+    daemons.append(Daemon(deployment))
+    wait_for_progress(deployment)
+    localstack.stop_service("kafka")
+    running.append(lambda: localstack._read_pid("kafka") or localstack.start_service("kafka"))
+    time.sleep(5)
+    localstack.start_service("kafka")
+    deployment._admin = None  # a client from before the restart may hold dead connections
+    second = reindex(generate(entities=300, events_per_entity=3, seed=35), len(first))
+    where.update(deployment.produce(second))
+    deployment.wait_caught_up(timeout_s=240, daemons=daemons)
+    record_figures("Kafka broker restarted", deployment, reader, first + second, where, 1)
+
+
+def test_consumers_scaled_1_3_1_during_the_stream(deployment, reader, daemons, record_figures) -> None:
+    events = generate(entities=500, events_per_entity=6, seed=36)
+    chunks = [events[i::6] for i in range(6)]
+    where: dict[int, tuple[int, int]] = {}
+    done = threading.Event()
+
+    def produce_slowly() -> None:
+        for chunk in chunks:
+            where.update(deployment.produce(chunk))
+            time.sleep(1.5)
+        done.set()
+
+    producer = threading.Thread(target=produce_slowly)
+    producer.start()
+    daemons.append(Daemon(deployment, "a"))
+    time.sleep(3)
+    daemons.append(Daemon(deployment, "b"))
+    daemons.append(Daemon(deployment, "c"))
+    time.sleep(5)
+    assert daemons[1].terminate() == 0
+    assert daemons[2].terminate() == 0
+    producer.join()
+    assert done.is_set()
+    deployment.wait_caught_up(timeout_s=180, daemons=daemons[:1])
+    record_figures("consumers 1 -> 3 -> 1", deployment, reader, events, where, 4)
+
+
+def framed_encoder(registry_url: str, topic: str, schema: dict[str, Any]) -> Callable[[Event], bytes]:
+    serializer = AvroSerializer(SchemaRegistryClient({"url": registry_url}), json.dumps(schema))
+    ctx = SerializationContext(topic, MessageField.VALUE)
+
+    def encode(event: Event) -> bytes:
+        return bytes(serializer(event.record(), ctx))
+
+    return encode
+
+
+def test_schema_registry_unreachable_at_start_up_and_mid_stream(
+    make_deployment, registry_url, reader, daemons, running, record_figures
+) -> None:
+    host_port = registry_url.split("//")[1].split("/")[0]
+    proxy = TcpProxy(host_port.split(":")[0], int(host_port.split(":")[1]))
+    proxy.open()
+    proxy.close()  # the registry is unreachable when the consumer starts
+    running.append(proxy.close)
+    deployment = make_deployment("fault_reg", batch=BATCH,
+                                 registry_url=registry_url.replace(host_port, proxy.url_host))
+    schema_v1 = plain_schema(DRIVER_SCHEMA)
+    first = generate(entities=200, events_per_entity=3, seed=37)
+    where = deployment.produce(first, framed_encoder(registry_url, deployment.topic, schema_v1))
+    daemons.append(Daemon(deployment))
+    time.sleep(8)
+    daemons[0].assert_alive()
+    assert deployment.total_lag() != 0  # records wait for the registry
+    proxy.open()
+    deployment.wait_caught_up(timeout_s=120, daemons=daemons)
+
+    # Mid-stream: a new writer schema (a field added with a default) while the registry is unreachable.
+    schema_v2 = dict(schema_v1, fields=[*schema_v1["fields"], {"name": "region", "type": "string", "default": "eu"}])
+    proxy.close()
+    second = reindex(generate(entities=200, events_per_entity=3, seed=38), len(first))
+    encode_v2 = framed_encoder(registry_url, deployment.topic, schema_v2)
+    where.update(deployment.produce(second, encode_v2))
+    time.sleep(8)
+    daemons[0].assert_alive()
+    assert deployment.total_lag() != 0
+    proxy.open()
+    deployment.wait_caught_up(timeout_s=120, daemons=daemons)
+    # Nothing was dead-lettered for the registry's absence: only the poison records are there.
+    record_figures("schema registry unreachable (start, mid-stream)", deployment, reader, first + second, where, 2)
+
+
+def test_dead_letter_topic_unwritable(deployment, reader, daemons, record_figures) -> None:
+    admin = AdminClient({"bootstrap.servers": deployment.endpoints.bootstrap_servers})
+    admin.delete_topics([deployment.dead_letter_topic])[deployment.dead_letter_topic].result(30)
+    events = generate(entities=150, events_per_entity=4, seed=39, poison_rate=0.03)
+    where = deployment.produce(events)
+    first_poison: dict[int, int] = {}
+    for e in events:
+        if e.poison:
+            partition, offset = where[e.index]
+            first_poison[partition] = min(first_poison.get(partition, offset), offset)
+    daemons.append(Daemon(deployment))
+    time.sleep(25)  # dead letters cannot be acknowledged (the producer gives up after 15 s), and are retried
+    daemons[0].assert_alive()
+    for row in deployment.lag():
+        if row.partition in first_poison:
+            assert (row.committed or 0) <= first_poison[row.partition], (row, first_poison)
+    deadline = time.monotonic() + 30
+    while True:  # topic deletion completes asynchronously; creating it again may need a retry
+        try:
+            admin.create_topics([NewTopic(deployment.dead_letter_topic, 1, 1)])[deployment.dead_letter_topic].result(30)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    deployment.wait_caught_up(timeout_s=180, daemons=daemons)
+    record_figures("dead-letter topic unwritable ~25 s", deployment, reader, events, where, 1)
