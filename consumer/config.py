@@ -2,9 +2,10 @@
 
 Every key can be overridden by an environment variable named `FEATURE_CONSUMER_<SECTION>__<KEY>`
 (for example `FEATURE_CONSUMER_KAFKA__BOOTSTRAP_SERVERS`, `FEATURE_CONSUMER_CASSANDRA__PASSWORD`),
-which is how deployments inject what is secret or specific to them. Secrets can also be read from files
-in a directory (`FEATURE_CONSUMER_SECRETS_DIR`, one file per variable name, as Kubernetes mounts a
-Secret). Secrets are `SecretStr`: they are never printed, logged or shown by `check`.
+which is how deployments inject what is secret or specific to them. Values can also come from a
+directory of files (`FEATURE_CONSUMER_SECRETS_DIR`), one file per variable name, as Kubernetes mounts a
+Secret. Secrets are `SecretStr`: they are never printed,
+logged or shown by `check`.
 
 `KafkaSettings.consumer_config()` / `producer_config()` are the only places that build librdkafka
 configuration; anything in `kafka.settings` is passed through to librdkafka unchanged.
@@ -13,6 +14,7 @@ configuration; anything in `kafka.settings` is passed through to librdkafka unch
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,6 +236,37 @@ class Settings(BaseSettings):
         return sorted({t for v in self.views for t in v.topics})
 
 
+def secret_files(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """Settings read from the files of the directory `FEATURE_CONSUMER_SECRETS_DIR`, each named like the
+    variable it stands for, `FEATURE_CONSUMER_<SECTION>__<KEY>` (as Kubernetes mounts a Secret's keys). A
+    trailing newline is dropped. They rank below the environment and above the config file."""
+    found: dict[str, str] = {}
+    directory = environ.get(f"{ENV_PREFIX}SECRETS_DIR")
+    if directory:
+        base = Path(directory)
+        if not base.is_dir():
+            raise ConfigError(f"{ENV_PREFIX}SECRETS_DIR={directory} is not a directory")
+        for path in sorted(base.iterdir()):
+            if path.is_file() and path.name.upper().startswith(ENV_PREFIX):
+                found[path.name.upper()] = _read_secret(path)
+    out: dict[str, dict[str, str]] = {}
+    for name, value in found.items():
+        if name in environ:
+            continue  # the variable itself wins
+        section, sep, key = name.removeprefix(ENV_PREFIX).partition("__")
+        if not sep or not key:
+            raise ConfigError(f"secret {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+        out.setdefault(section.lower(), {})[key.lower()] = value
+    return out
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").removesuffix("\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
+
+
 def _describe(err: ValidationError) -> str:
     parts = []
     for item in err.errors():
@@ -285,9 +318,13 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
             raw[section] = {**defaults, **given}
         views = [*repo.views, *views]
         check_views(views)
-    secrets_dir = os.environ.get(f"{ENV_PREFIX}SECRETS_DIR")
+    for section, values in secret_files(os.environ).items():
+        given = raw.get(section) or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{section}: must be a mapping")
+        raw[section] = {**given, **values}
     try:
-        settings = Settings(**raw, _secrets_dir=secrets_dir)
+        settings = Settings(**raw)
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
     # Views are validated on their own (errors then name the view), and attached unvalidated again.

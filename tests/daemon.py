@@ -37,6 +37,8 @@ class Deployment:
     extra: dict[str, Any] = field(default_factory=dict)
     # Registry framing: records carry a schema id, resolved through this registry URL.
     registry_url: str | None = None
+    # Another view than the seed's driver_hourly_stats (config-file form; its topic is replaced).
+    view: dict[str, Any] | None = None
     _admin: AdminClient | None = field(default=None, repr=False)
 
     @property
@@ -60,7 +62,7 @@ class Deployment:
             "batch": self.batch,
             "run": self.run,
             "metrics": {"host": "127.0.0.1", "port": metrics_port},
-            "views": [{
+            "views": [{**self.view, "topics": [self.topic]}] if self.view else [{
                 "name": "driver_hourly_stats", "project": "feast_demo", "topics": [self.topic],
                 "entities": [{"name": "driver_id", "value_type": "INT64"}],
                 "features": [{"name": "conv_rate", "dtype": "Float32"}, {"name": "acc_rate", "dtype": "Float32"},

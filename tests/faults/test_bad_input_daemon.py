@@ -1,0 +1,46 @@
+"""The bad-input corpus through the running daemon, and secrets kept out of everything it prints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from tests.daemon import Daemon, Deployment
+from tests.unit.test_bad_input import CORPUS, SCHEMA, VIEW_SPEC, WIDE
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration]
+
+
+def test_the_corpus_through_the_daemon_every_record_written_or_dead_lettered(
+    make_deployment: Callable[..., Deployment], registry_url: str, daemons: list[Daemon]
+) -> None:
+    deployment = make_deployment("corpus", registry_url=registry_url, view=VIEW_SPEC,
+                                 extra={"limits": {"max_value_bytes": 64, "max_list_items": 8}})
+    # The corpus is framed for schema id 1 (its unit test's fake registry): re-frame with the real ids.
+    client = SchemaRegistryClient({"url": registry_url})
+    ids = {1: client.register_schema(f"{deployment.topic}-value", Schema(json.dumps(SCHEMA), "AVRO")),
+           2: client.register_schema(f"{deployment.topic}-wide-value", Schema(json.dumps(WIDE), "AVRO"))}
+    producer = Producer({"bootstrap.servers": deployment.endpoints.bootstrap_servers})
+    for case, value, _ in CORPUS:
+        if value is not None and value[:5] == b"\x00\x00\x00\x00\x01":
+            real = ids[2] if case == "Int32 out of range" else ids[1]
+            value = b"\x00" + real.to_bytes(4, "big") + value[5:]
+        producer.produce(deployment.topic, key=case.encode(), value=value)
+    assert producer.flush(30) == 0
+
+    secret = "hunter2-never-printed"
+    daemon = Daemon(deployment, env={"FEATURE_CONSUMER_KAFKA__SASL_PASSWORD": secret,
+                                     "FEATURE_CONSUMER_CASSANDRA__PASSWORD": secret})
+    daemons.append(daemon)
+    deployment.wait_caught_up(daemons=daemons)
+    expected = sorted((i, outcome) for i, (_, _, outcome) in enumerate(CORPUS) if outcome != "written")
+    letters = deployment.dead_letters(expected=len(expected))
+    got = sorted({(int(dict(m.headers())["x-dead-letter-original-offset"]),
+                   dict(m.headers())["x-dead-letter-error-class"].decode()) for m in letters})
+    assert got == expected  # every bad record, with its documented error class; the rest written
+    assert daemon.terminate() == 0
+    assert secret not in daemon.log()

@@ -1,0 +1,85 @@
+"""Configuration and security: secrets from the environment or files, never shown; identifiers that cannot
+inject CQL; TLS and SASL settings reach the clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer.cassandra_sink import create_keyspace_cql, create_table_cql, quote, table_name
+from consumer.config import load_settings
+from consumer.errors import ConfigError
+from tests.helpers import ROOT, driver_view
+
+EXAMPLE = ROOT / "examples" / "driver_stats.yaml"
+
+
+def test_secrets_come_from_a_secrets_directory_and_the_environment_wins(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "FEATURE_CONSUMER_CASSANDRA__PASSWORD").write_text("from-file\n")
+    (tmp_path / "FEATURE_CONSUMER_KAFKA__SASL_PASSWORD").write_text("sasl-from-file")
+    monkeypatch.setenv("FEATURE_CONSUMER_SECRETS_DIR", str(tmp_path))
+    settings = load_settings(EXAMPLE)
+    assert settings.cassandra.password is not None and settings.kafka.sasl_password is not None
+    assert settings.cassandra.password.get_secret_value() == "from-file"
+    assert settings.kafka.sasl_password.get_secret_value() == "sasl-from-file"
+    monkeypatch.setenv("FEATURE_CONSUMER_CASSANDRA__PASSWORD", "from-env")
+    assert load_settings(EXAMPLE).cassandra.password.get_secret_value() == "from-env"  # type: ignore[union-attr]
+
+
+def test_secrets_never_show_in_the_settings_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURE_CONSUMER_CASSANDRA__PASSWORD", "hunter2-cassandra")
+    monkeypatch.setenv("FEATURE_CONSUMER_KAFKA__SASL_PASSWORD", "hunter2-kafka")
+    monkeypatch.setenv("FEATURE_CONSUMER_SCHEMA_REGISTRY__URL", "http://registry:8081")
+    monkeypatch.setenv("FEATURE_CONSUMER_SCHEMA_REGISTRY__BASIC_AUTH_USER_INFO", "user:hunter2-registry")
+    settings = load_settings(EXAMPLE)
+    shown = repr(settings) + str(settings) + settings.model_dump_json()
+    assert "hunter2" not in shown
+    # ... but they do reach the clients that need them.
+    assert settings.kafka.consumer_config()["sasl.password"] == "hunter2-kafka"
+    assert settings.schema_registry is not None
+    assert settings.schema_registry.client_config()["basic.auth.user.info"] == "user:hunter2-registry"
+
+
+def test_a_secrets_directory_that_is_not_one_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEATURE_CONSUMER_SECRETS_DIR", "/nonexistent/dir")
+    with pytest.raises(ConfigError, match=r"FEATURE_CONSUMER_SECRETS_DIR=/nonexistent/dir is not a directory"):
+        load_settings(EXAMPLE)
+
+
+@pytest.mark.parametrize("keyspace", ['feast"; DROP KEYSPACE x; --', "feast.other", "1feast", "fe ast", ""])
+def test_keyspace_names_that_could_inject_cql_are_refused(keyspace: str) -> None:
+    with pytest.raises(ConfigError, match=r"cassandra\.keyspace"):
+        load_settings(EXAMPLE, {"cassandra": {"keyspace": keyspace}})
+
+
+def test_identifiers_are_quoted_in_every_statement() -> None:
+    view = driver_view()
+    assert table_name("feast", view) == '"feast"."feast_demo_driver_hourly_stats"'
+    assert create_table_cql("feast", view).startswith('CREATE TABLE IF NOT EXISTS "feast"."feast_demo_driver')
+    with pytest.raises(ValueError, match="must match"):
+        quote('a"b')
+
+
+def test_replication_values_are_cql_literals() -> None:
+    cql = create_keyspace_cql("feast", {"class": "NetworkTopologyStrategy", "dc1'; DROP": 3})
+    assert cql == ("CREATE KEYSPACE IF NOT EXISTS \"feast\" WITH replication = "
+                   "{'class': 'NetworkTopologyStrategy', 'dc1''; DROP': 3}")
+
+
+def test_tls_and_sasl_settings_pass_through_to_librdkafka() -> None:
+    settings = load_settings(EXAMPLE, {"kafka": {
+        "bootstrap_servers": "broker:9093", "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": "ingest", "sasl_password": "pw", "ssl_ca_location": "/etc/kafka/ca.pem",
+        "settings": {"ssl.endpoint.identification.algorithm": "https", "fetch.max.bytes": 1048576},
+    }})
+    consumer = settings.kafka.consumer_config()
+    producer = settings.kafka.producer_config()
+    for conf in (consumer, producer):
+        assert conf["security.protocol"] == "SASL_SSL"
+        assert conf["sasl.mechanism"] == "SCRAM-SHA-512" and conf["sasl.username"] == "ingest"
+        assert conf["ssl.ca.location"] == "/etc/kafka/ca.pem"
+        assert conf["ssl.endpoint.identification.algorithm"] == "https"
+    assert consumer["fetch.max.bytes"] == 1048576
+    assert "fetch.max.bytes" not in producer  # consumer-only properties stay out of the producer
