@@ -12,7 +12,7 @@ from consumer.config import Settings
 from consumer.deadletter import DeadLetterProducer
 from consumer.errors import TransientError
 from consumer.kafka_source import KafkaSource
-from consumer.metrics import HealthServer, LagCollector, Metrics, admin_offsets
+from consumer.metrics import HealthServer, LagCollector, Metrics
 from consumer.pipeline import EventFanout, Events, Pipeline
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,19 @@ def build(settings: Settings, serve_metrics: bool = True, extra_events: Events |
         for topic in view.topics:
             views_by_topic.setdefault(topic, []).append(view.name)
     metrics = Metrics(views_by_topic=views_by_topic)
-    server = collector = None
-    if serve_metrics:
-        server = HealthServer(metrics, settings.metrics.host, settings.metrics.port, settings.metrics.stuck_after_s)
-        ends, committed = admin_offsets(settings.kafka.admin_config(), settings.kafka.group_id,
-                                        settings.kafka.auto_offset_reset)
-        collector = LagCollector(metrics, ends, committed, store.ping, settings.metrics.lag_interval_s)
     events: Events = metrics if extra_events is None else EventFanout([metrics, extra_events])
     pipeline = Pipeline(
         settings, decoders, store, dead_letters,
         lambda listener: KafkaSource(settings.kafka.consumer_config(), settings.topics, listener),
-        events=events,
-        stop=stop,
+        events=events, stop=stop,
     )
+    server = collector = None
+    if serve_metrics:
+        server = HealthServer(metrics, settings.metrics.host, settings.metrics.port, settings.metrics.stuck_after_s)
+        # A consumer of its own that never subscribes: it only asks for watermarks and the group's committed
+        # offsets, and its life does not depend on the loop's consumer.
+        probe = KafkaSource(settings.kafka.consumer_config(), settings.topics, pipeline)
+        reset = settings.kafka.auto_offset_reset
+        collector = LagCollector(metrics, probe.log_ends, lambda tps: probe.start_offsets(tps, reset), store.ping,
+                                 settings.metrics.lag_interval_s, on_stop=probe.close)
     return Daemon(pipeline, store, dead_letters, metrics, server, collector)

@@ -97,8 +97,19 @@ class KafkaSource:
         return {(tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(tps, timeout=timeout_s)}
 
     def watermarks(self, partition: TP, timeout_s: float = 5.0) -> tuple[int, int]:
+        """(low, high) watermark, asked of the partition's leader (not the cache, stale while paused)."""
         low, high = self._consumer.get_watermark_offsets(TopicPartition(*partition), timeout=timeout_s, cached=False)
         return int(low), int(high)
+
+    def log_ends(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        return {tp: self.watermarks(tp)[1] for tp in partitions}
+
+    def start_offsets(self, partitions: Iterable[TP], reset: str) -> dict[TP, int]:
+        """The group's committed offsets; where there is none, where `auto.offset.reset` starts."""
+        out = {}
+        for tp, offset in self.committed(partitions).items():
+            out[tp] = offset if offset >= 0 else self.watermarks(tp)[0 if reset == "earliest" else 1]
+        return out
 
     def close(self) -> None:
         self._consumer.close()

@@ -246,23 +246,32 @@ def _labels(tp: TP) -> tuple[str, str]:
 
 
 class LagCollector(threading.Thread):
-    """Asks the brokers for log end offsets of the assigned partitions, and Cassandra whether it answers."""
+    """Asks the brokers for log end offsets of the assigned partitions, and Cassandra whether it answers.
+
+    It goes through the consumer's own handle (watermark and committed-offset queries), not the admin API:
+    librdkafka's admin requests have aborted the process when a broker went away mid-request.
+    """
 
     def __init__(self, metrics: Metrics, log_end: Callable[[Iterable[TP]], dict[TP, int]],
                  committed: Callable[[Iterable[TP]], dict[TP, int]], ping: Callable[[], object],
-                 interval_s: float) -> None:
+                 interval_s: float, on_stop: Callable[[], None] | None = None) -> None:
         super().__init__(name="lag-collector", daemon=True)
         self.metrics = metrics
         self._log_end = log_end
         self._committed = committed
         self._ping = ping
         self.interval_s = interval_s
+        self._on_stop = on_stop
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.collect()
-            self._stop_event.wait(self.interval_s)
+        try:
+            while not self._stop_event.is_set():
+                self.collect()
+                self._stop_event.wait(self.interval_s)
+        finally:
+            if self._on_stop is not None:
+                self._on_stop()
 
     def collect(self) -> None:
         partitions = set(self.metrics.snapshot())
@@ -281,42 +290,13 @@ class LagCollector(threading.Thread):
         except Exception:  # noqa: BLE001 - any failure means "Cassandra does not answer"
             self.metrics.store_answers = False
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 15.0) -> None:
         self._stop_event.set()
-
-
-def admin_offsets(admin_config: Mapping[str, Any], group_id: str, reset: str, timeout_s: float = 10.0
-                  ) -> tuple[Callable[[Iterable[TP]], dict[TP, int]], Callable[[Iterable[TP]], dict[TP, int]]]:
-    """(log end offsets, committed offsets) lookups through Kafka's admin API."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
-
-    admin = AdminClient(dict(admin_config))
-
-    def ends(partitions: Iterable[TP]) -> dict[TP, int]:
-        spec = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        futures = admin.list_offsets({TopicPartition(t, p): spec for t, p in partitions}, request_timeout=timeout_s)
-        return {(tp.topic, tp.partition): int(f.result(timeout_s).offset) for tp, f in futures.items()}
-
-    def committed(partitions: Iterable[TP]) -> dict[TP, int]:
-        tps = [TopicPartition(t, p) for t, p in partitions]
-        request = ConsumerGroupTopicPartitions(group_id, tps)
-        result = admin.list_consumer_group_offsets([request], request_timeout=timeout_s)[group_id].result(timeout_s)
-        out = {}
-        missing = []
-        for tp in result.topic_partitions:
-            if tp.offset >= 0:
-                out[(tp.topic, tp.partition)] = tp.offset
-            else:
-                missing.append(TopicPartition(tp.topic, tp.partition))
-        if missing:
-            # No committed offset: the group starts where auto.offset.reset says.
-            where = OffsetSpec.earliest() if reset == "earliest" else OffsetSpec.latest()  # type: ignore[no-untyped-call]
-            futures = admin.list_offsets({tp: where for tp in missing}, request_timeout=timeout_s)
-            out.update({(tp.topic, tp.partition): int(f.result(timeout_s).offset) for tp, f in futures.items()})
-        return out
-
-    return ends, committed
+        if self.ident is None:  # never started: nothing runs the clean-up
+            if self._on_stop is not None:
+                self._on_stop()
+        elif self.is_alive():
+            self.join(timeout_s)
 
 
 class HealthServer:
