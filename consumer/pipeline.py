@@ -276,7 +276,11 @@ class Pipeline(RebalanceListener):
         st = self.state
         st.buffer = [m for m in st.buffer if (m.topic(), m.partition()) not in partitions]
         if not st.buffer:
+            # Nothing waits out a failure any more: what comes next must not stay paused.
             st.oldest_ms = None
+            st.failures = 0
+            st.retry_at = 0.0
+            self._resume()
 
     # ------------------------------------------------------------------ rebalances (called inside poll)
 

@@ -73,8 +73,11 @@ def make_topic(
 @pytest.fixture(scope="session")
 def cql_session(stack: localstack.Endpoints):  # type: ignore[no-untyped-def]
     from cassandra.cluster import Cluster
+    from cassandra.policies import ConstantReconnectionPolicy
 
-    cluster = Cluster([stack.cql_host], port=stack.cql_port, protocol_version=5)
+    # The fault suite stops and restarts Cassandra: reconnect at once, not after the default's long backoff.
+    cluster = Cluster([stack.cql_host], port=stack.cql_port, protocol_version=4,
+                      reconnection_policy=ConstantReconnectionPolicy(0.5, None))
     session = cluster.connect()
     yield session
     cluster.shutdown()

@@ -196,3 +196,22 @@ def test_shutdown_gives_up_after_the_drain_timeout_when_the_store_is_down(h: Har
     assert h.clock.t - start <= 5.5
     assert h.source.commits == []
     assert h.source.closed
+
+
+def test_after_a_failed_batch_is_lost_new_partitions_are_not_left_paused(h: Harness) -> None:
+    """A broker restart: the batch waits out a failure, the partitions are lost and assigned again."""
+    h.dlq.down = True
+    h.produce(0, [driver_body(driver_id=1), b"\x09garbage", driver_body(driver_id=2), driver_body(driver_id=3)])
+    h.steps(2)
+    assert h.source.paused == {P0, P1}
+    h.source.rebalance("lost", [P0, P1])
+    h.steps(3)  # delivered inside a poll: a turn spent waiting out the failure
+    assert h.pipeline.state.buffer == [] and h.source.paused == set()
+    h.dlq.down = False
+    h.source.queues[P0] = []  # the new owner (this process again) reads from the last commit
+    h.offsets[P0] = 0
+    h.source.rebalance("assign", [P0, P1])
+    h.produce(0, [driver_body(driver_id=i) for i in range(4)])
+    h.steps(3)
+    assert h.source.paused == set()
+    assert h.source.committed_offsets() == {P0: 4}
