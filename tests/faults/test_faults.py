@@ -7,6 +7,7 @@ scaled up and down, and the registry and the dead-letter topic disappear for a w
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import threading
@@ -37,7 +38,8 @@ def deployment(make_deployment: Callable[..., Deployment]) -> Deployment:
 
 
 def reindex(events: list[Event], start: int) -> list[Event]:
-    return [Event(start + e.index, *list(e.__dict__.values())[1:]) for e in events]
+    """The same events, numbered start, start + 1, ... in list order (production order)."""
+    return [Event(start + n, *list(e.__dict__.values())[1:]) for n, e in enumerate(events)]
 
 
 def wait_for_progress(deployment: Deployment, timeout_s: float = 60) -> None:
@@ -112,8 +114,14 @@ def test_kafka_broker_restarted_mid_stream(deployment, reader, daemons, running,
 
 
 def test_consumers_scaled_1_3_1_during_the_stream(deployment, reader, daemons, record_figures) -> None:
-    events = generate(entities=500, events_per_entity=6, seed=36)
-    chunks = [events[i::6] for i in range(6)]
+    generated = generate(entities=500, events_per_entity=6, seed=36)
+    # Produced in six slices; the events are numbered in production order (the oracle's last tie-break).
+    slices = [generated[i::6] for i in range(6)]
+    events = reindex([e for part in slices for e in part], 0)
+    bounds = [0]
+    for part in slices:
+        bounds.append(bounds[-1] + len(part))
+    chunks = [events[a:b] for a, b in itertools.pairwise(bounds)]
     where: dict[int, tuple[int, int]] = {}
     done = threading.Event()
 
