@@ -278,6 +278,7 @@ def cassandra_answers(host: str, port: int, timeout: float = 5.0) -> bool:
     import logging
 
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.io.asyncioreactor import AsyncioConnection
     from cassandra.policies import WhiteListRoundRobinPolicy
 
     logging.getLogger("cassandra").setLevel(logging.CRITICAL)
@@ -287,6 +288,9 @@ def cassandra_answers(host: str, port: int, timeout: float = 5.0) -> bool:
     cluster = Cluster(
         [host], port=port, connect_timeout=timeout, control_connection_timeout=timeout,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile}, protocol_version=5,
+        # This probe opens and shuts down a cluster per attempt, often while the node still refuses
+        # connections; the driver's libev reactor can crash the process in that shutdown race.
+        connection_class=AsyncioConnection,
     )
     try:
         session = cluster.connect()

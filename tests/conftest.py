@@ -20,6 +20,21 @@ from tests.daemon import Daemon, Deployment
 from tests.helpers import driver_view
 
 
+def _no_libev_in_the_test_process() -> None:
+    # The test process opens and shuts down many clusters (a store per fixture, readiness probes, the
+    # fault suite's restarts). The driver's libev reactor races its watcher callbacks against a shutdown
+    # and can crash the whole process then (fixed in the scylladb fork, not in cassandra-driver 3.30).
+    # The asyncio reactor has no such C code. The daemons under test run in their own processes and keep
+    # the driver's default reactor, which is the one users run.
+    from cassandra.cluster import Cluster
+    from cassandra.io.asyncioreactor import AsyncioConnection
+
+    Cluster.connection_class = AsyncioConnection
+
+
+_no_libev_in_the_test_process()
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[localstack.Endpoints]:
     endpoints, started = localstack.up(["kafka", "cassandra"])
