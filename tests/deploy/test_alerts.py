@@ -1,0 +1,51 @@
+"""The PrometheusRule's groups load in `promtool check rules`, and its alerts fire as promtool's tests say."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from stack import tools
+from tests.deploy.manifests import DEPLOY
+
+HERE = Path(__file__).resolve().parent
+
+
+def rules_file(tmp_path: Path) -> Path:
+    rule = yaml.safe_load((DEPLOY / "base" / "prometheusrule.yaml").read_text())
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
+    return path
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(tools.prometheus_bin("promtool")), *args], capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
+def test_promtool_checks_the_rules(tmp_path: Path) -> None:
+    result = promtool("check", "rules", str(rules_file(tmp_path)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 8 rules found" in result.stdout
+
+
+def test_promtool_unit_tests_show_the_alerts_firing(tmp_path: Path) -> None:
+    rules_file(tmp_path)
+    shutil.copy(HERE / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
+    result = promtool("test", "rules", str(tmp_path / "alerts_test.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_test_fails_when_an_alert_does_not_fire(tmp_path: Path) -> None:
+    # The check above can fail: raise the lag threshold and the expected alert goes missing.
+    path = rules_file(tmp_path)
+    path.write_text(path.read_text().replace("feature_consumer:lag_seconds:max > 300",
+                                             "feature_consumer:lag_seconds:max > 3000"))
+    shutil.copy(HERE / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
+    result = promtool("test", "rules", str(tmp_path / "alerts_test.yaml"))
+    assert result.returncode != 0
+    assert "FeatureConsumerLagHigh" in result.stdout + result.stderr
