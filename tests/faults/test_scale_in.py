@@ -1,0 +1,75 @@
+"""Graceful scale-in, as Kubernetes does it: SIGTERM to one consumer of the group while records stream in.
+
+The stopped consumer drains (finishes its writes, commits, leaves the group) and exits 0; the group
+rebalances so that the remaining consumer owns every partition; the oracle finds nothing lost or
+regressed and the dead letters complete.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from tests.daemon import Daemon, Deployment
+from tests.workload import generate
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration]
+
+
+def members(admin: AdminClient, group: str) -> dict[str, set[int]]:
+    """Consumer id -> partitions it is assigned, as the group coordinator has it."""
+    description = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions} for m in description.members}
+
+
+def wait_members(admin: AdminClient, group: str, count: int, timeout_s: float = 60) -> dict[str, set[int]]:
+    deadline = time.monotonic() + timeout_s
+    seen: dict[str, set[int]] = {}
+    while time.monotonic() < deadline:
+        seen = members(admin, group)
+        if len(seen) == count and all(seen.values()):
+            return seen
+        time.sleep(0.3)
+    raise AssertionError(f"group {group} did not settle on {count} members with partitions: {seen}")
+
+
+def test_sigterm_to_one_of_two_consumers_under_load(
+    make_deployment: Callable[..., Deployment], reader, daemons: list[Daemon], record_figures
+) -> None:
+    deployment = make_deployment("scalein", partitions=4, batch={"max_records": 200, "max_wait_ms": 100})
+    admin = AdminClient({"bootstrap.servers": deployment.endpoints.bootstrap_servers})
+    events = generate(entities=400, events_per_entity=6, seed=61)
+    chunks = [events[i:i + 300] for i in range(0, len(events), 300)]
+    where: dict[int, tuple[int, int]] = {}
+    done = threading.Event()
+
+    def produce_slowly() -> None:
+        for chunk in chunks:
+            where.update(deployment.produce(chunk))
+            time.sleep(0.7)
+        done.set()
+
+    daemons.append(Daemon(deployment, "stays"))
+    daemons.append(Daemon(deployment, "leaves"))
+    two = wait_members(admin, deployment.group, 2)
+    assert set().union(*two.values()) == set(range(deployment.partitions))
+
+    producer = threading.Thread(target=produce_slowly)
+    producer.start()
+    time.sleep(2.5)  # mid-stream: both consumers have records in flight
+    assert not done.is_set()
+    assert daemons[1].terminate() == 0  # drained, committed and left within its drain timeout
+    one = wait_members(admin, deployment.group, 1)
+    assert next(iter(one.values())) == set(range(deployment.partitions))  # rebalanced onto the survivor
+
+    producer.join()
+    assert done.is_set()
+    deployment.wait_caught_up(timeout_s=120, daemons=daemons[:1])
+    record_figures("graceful scale-in 2 -> 1 (SIGTERM)", deployment, reader, events, where, 1)
+    # It wrote everything it held before leaving: nothing was left for the survivor to read again.
+    assert "not written" not in daemons[1].log()
+    assert daemons[1].log().rstrip().endswith("stopped")
