@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv feast-venv demo test lint bench stack-up stack-down stack-status clean
+.PHONY: venv feast-venv tools demo test lint bench stack-up stack-down stack-status clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
@@ -21,6 +21,10 @@ venv: $(STAMP)
 feast-venv: $(STAMP)
 	$(BIN)/python -m stack.feastenv
 
+# kustomize (built from its Go module) and Prometheus/promtool (Debian's package, unpacked) for tests/deploy.
+tools: $(STAMP)
+	$(BIN)/python -m stack.tools
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.decode
 	$(BIN)/python -m bench.e2e
@@ -28,7 +32,7 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
