@@ -7,6 +7,7 @@ A test that needs a service fails (it is never skipped) when the service cannot 
 
 from __future__ import annotations
 
+import gc
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,19 +21,31 @@ from tests.daemon import Daemon, Deployment
 from tests.helpers import driver_view
 
 
-def _no_libev_in_the_test_process() -> None:
-    # The test process opens and shuts down many clusters (a store per fixture, readiness probes, the
-    # fault suite's restarts). The driver's libev reactor races its watcher callbacks against a shutdown
-    # and can crash the whole process then (fixed in the scylladb fork, not in cassandra-driver 3.30).
-    # The asyncio reactor has no such C code. The daemons under test run in their own processes and keep
-    # the driver's default reactor, which is the one users run.
+def _native_clients_die_in_the_main_thread() -> None:
+    # The test process makes and drops many librdkafka and Cassandra clients. Python's cyclic garbage
+    # collector runs in whichever thread happens to allocate, and that can be librdkafka's own background
+    # thread running an admin result callback: a Kafka handle collected there is destroyed from its own
+    # thread, which crashes the process (confluent-kafka-python issues 1761, PR 2129). So automatic
+    # collection is off here and garbage is collected between tests, in the main thread.
+    gc.disable()
+
+    # The driver's libev reactor has a known race between its watcher callbacks and a cluster shutdown
+    # (fixed in the scylladb fork, not in cassandra-driver 3.30), and this process shuts clusters down
+    # by the dozen. The asyncio reactor has no C code. The daemons under test run in their own processes
+    # and keep the driver's default reactor, the one users run.
     from cassandra.cluster import Cluster
     from cassandra.io.asyncioreactor import AsyncioConnection
 
     Cluster.connection_class = AsyncioConnection
 
 
-_no_libev_in_the_test_process()
+_native_clients_die_in_the_main_thread()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
