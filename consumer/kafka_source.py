@@ -19,6 +19,7 @@ class RebalanceListener(Protocol):
     def on_assign(self, partitions: list[TP]) -> None: ...
     def on_revoke(self, partitions: list[TP]) -> None: ...
     def on_lost(self, partitions: list[TP]) -> None: ...
+    def on_commit_failed(self, partitions: list[TP], reason: str) -> None: ...
 
 
 def _tps(partitions: Iterable[TopicPartition]) -> list[TP]:
@@ -114,7 +115,12 @@ class KafkaSource:
     def close(self) -> None:
         self._consumer.close()
 
-    @staticmethod
-    def _on_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        # Served inside poll(), on the loop's thread. A failed asynchronous commit (a rebalance in progress
+        # makes the generation stale, say) is not covered by a later one when the partition goes idle.
         if error is not None:
-            log.warning("asynchronous commit failed (the next commit covers it): %s", error)
+            self._listener.on_commit_failed(_tps(partitions), str(error))
+            return
+        failed = [tp for tp in partitions if tp.error is not None]
+        if failed:
+            self._listener.on_commit_failed(_tps(failed), str(failed[0].error))

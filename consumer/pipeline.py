@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # A poll blocks in C, where Python signal handlers cannot run, and returns early only once it has all the
 # messages asked for: short polls keep SIGTERM and batch deadlines prompt.
 MAX_POLL_BLOCK_S = 0.1
+RECOMMIT_INTERVAL_S = 1.0
 
 
 class Source(Protocol):
@@ -134,6 +135,8 @@ class _State:
     paused: bool = False
     assigned: set[TP] = field(default_factory=set)
     done: dict[TP, int] = field(default_factory=dict)  # next offset after the last batch that went through
+    recommit: set[TP] = field(default_factory=set)  # asynchronous commits that failed, to be sent again
+    recommit_at: float = 0.0  # monotonic seconds
 
 
 class Pipeline(RebalanceListener):
@@ -184,6 +187,8 @@ class Pipeline(RebalanceListener):
         now = self.clock.monotonic()
         self.events.loop_turned(self.clock.wall())
         now_ms = int(now * 1000)
+        if st.recommit and now >= st.recommit_at:
+            self._recommit(now)
         if st.retry_at > now:
             # Waiting out a failure: partitions are paused; polling keeps the group membership alive.
             self._accept(self.source.poll(1, min(st.retry_at - now, MAX_POLL_BLOCK_S)), now_ms)
@@ -258,6 +263,14 @@ class Pipeline(RebalanceListener):
         st.done.update(owned)
         self.events.committed(owned, self.clock.wall())
 
+    def _recommit(self, now: float) -> None:
+        """Send again the commits that failed, for partitions still owned (at most once a second)."""
+        st = self.state
+        offsets = {tp: st.done[tp] for tp in st.recommit if tp in st.done}
+        st.recommit.clear()
+        st.recommit_at = now + RECOMMIT_INTERVAL_S
+        self._commit(offsets, asynchronous=True)
+
     def _pause(self) -> None:
         st = self.state
         if not st.paused and st.assigned:
@@ -318,6 +331,13 @@ class Pipeline(RebalanceListener):
             st.done.pop(tp, None)
         log.info("revoked %s", sorted(revoked))
         self.events.revoked(partitions, lost=False)
+
+    def on_commit_failed(self, partitions: list[TP], reason: str) -> None:
+        st = self.state
+        owned = [tp for tp in partitions if tp in st.assigned]
+        if owned:
+            log.warning("asynchronous commit failed for %s (%s); sending it again", sorted(owned), reason)
+            st.recommit.update(owned)
 
     def on_lost(self, partitions: list[TP]) -> None:
         """The partitions already belong to someone else: drop their work, commit nothing for them."""

@@ -102,6 +102,10 @@ class FakeSource:
         self.commits: list[tuple[dict[tuple[str, int], int], bool]] = []
         self.closed = False
         self.pending_rebalance: list[tuple[str, list[tuple[str, int]]]] = []
+        # Asynchronous commits fail while this is set (a rebalance making the generation stale); their
+        # failure is reported inside the next poll, as librdkafka's commit callback is.
+        self.fail_async_commits = False
+        self._failed_commits: list[tuple[str, int]] = []
 
     def add(self, messages: list[Any]) -> None:
         for m in messages:
@@ -115,6 +119,9 @@ class FakeSource:
         self.pending_rebalance.append((kind, partitions))
 
     def poll(self, max_messages: int, timeout_s: float) -> list[Any]:
+        if self._failed_commits:
+            failed, self._failed_commits = self._failed_commits, []
+            self.listener.on_commit_failed(failed, "ILLEGAL_GENERATION")
         while self.pending_rebalance:
             kind, partitions = self.pending_rebalance.pop(0)
             if kind == "assign":
@@ -145,6 +152,9 @@ class FakeSource:
         self.paused -= set(partitions)
 
     def commit(self, offsets: Any, asynchronous: bool) -> None:
+        if asynchronous and self.fail_async_commits:
+            self._failed_commits.extend(offsets)
+            return
         self.commits.append((dict(offsets), asynchronous))
 
     def committed_offsets(self) -> dict[tuple[str, int], int]:

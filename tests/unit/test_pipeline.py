@@ -215,3 +215,28 @@ def test_after_a_failed_batch_is_lost_new_partitions_are_not_left_paused(h: Harn
     h.steps(3)
     assert h.source.paused == set()
     assert h.source.committed_offsets() == {P0: 4}
+
+
+def test_a_failed_asynchronous_commit_is_sent_again_when_the_partition_goes_idle(h: Harness) -> None:
+    """Seen in the fault suite: commits refused during a rebalance, and no later batch to cover them."""
+    h.source.fail_async_commits = True
+    h.produce(0, [driver_body(driver_id=i) for i in range(4)])
+    h.steps(2)
+    assert h.source.committed_offsets() == {}
+    h.source.fail_async_commits = False  # the rebalance is over; nothing more arrives on the partition
+    for _ in range(30):
+        h.steps(1)
+        h.clock.advance(0.1)
+    assert h.source.committed_offsets() == {P0: 4}
+
+
+def test_a_failed_commit_is_not_sent_again_for_a_partition_given_away(h: Harness) -> None:
+    h.source.fail_async_commits = True
+    h.produce(0, [driver_body(driver_id=i) for i in range(4)])
+    h.steps(1)
+    h.source.rebalance("lost", [P0])
+    h.source.fail_async_commits = False
+    for _ in range(30):
+        h.steps(1)
+        h.clock.advance(0.1)
+    assert h.source.committed_offsets() == {}
