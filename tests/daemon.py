@@ -145,7 +145,7 @@ class Deployment:
         return out
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: SIGKILL the daemon if the test process dies first (so no consumer is left behind)."""
     import ctypes
 
@@ -162,7 +162,7 @@ class Daemon:
         cli = [sys.executable, "-m", "consumer.cli", "run", "-c", str(deployment.config_path)]
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cli, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
+                                     env={**os.environ, **(env or {})}, preexec_fn=die_with_parent)
 
     def assert_alive(self) -> None:
         code = self.proc.poll()

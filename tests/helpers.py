@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fastavro
 
@@ -19,6 +22,26 @@ DRIVER_SCHEMA_PATH = ROOT / "schemas" / "driver_hourly_stats.avsc"
 DRIVER_SCHEMA: dict[str, Any] = json.loads(DRIVER_SCHEMA_PATH.read_text())
 T0_MICROS = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z
 NOW_MS = T0_MICROS // 1000 + 3_600_000
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float = 60, what: str = "condition") -> T:
+    """Poll until the predicate returns something true, and return it; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -15,15 +14,10 @@ from typing import Any
 import yaml
 
 from stack import tools
-from tests.daemon import _die_with_parent
+from tests.daemon import die_with_parent
+from tests.helpers import free_port
 
 JOB = "feature-consumer"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:
@@ -46,7 +40,7 @@ class Prometheus:
         self.proc = subprocess.Popen(
             [str(tools.prometheus_bin("prometheus")), f"--config.file={workdir / 'prometheus.yml'}",
              f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         self._wait_ready()
 
     def _wait_ready(self, timeout_s: float = 60) -> None:
@@ -73,9 +67,6 @@ class Prometheus:
 
     def per_partition(self, expr: str) -> dict[tuple[str, int], float]:
         return {(r["metric"]["topic"], int(r["metric"]["partition"])): float(r["value"][1]) for r in self.query(expr)}
-
-    def scraped(self) -> bool:
-        return any(float(r["value"][1]) == 1 for r in self.query(f'up{{job="{JOB}"}}'))
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -71,5 +71,11 @@ def validate(doc: dict[str, Any]) -> list[str]:
     return differences(doc, parsed.model_dump(by_alias=True, exclude_unset=True, mode="json"))
 
 
+def rule_groups() -> list[dict[str, Any]]:
+    """The PrometheusRule's groups: plain Prometheus rule groups, as promtool and Prometheus load them."""
+    rule = yaml.safe_load((DEPLOY / "base" / "prometheusrule.yaml").read_text())
+    return list(rule["spec"]["groups"])
+
+
 def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {doc["kind"]: doc for doc in docs}

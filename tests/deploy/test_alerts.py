@@ -9,15 +9,14 @@ from pathlib import Path
 import yaml
 
 from stack import tools
-from tests.deploy.manifests import DEPLOY
+from tests.deploy.manifests import rule_groups
 
 HERE = Path(__file__).resolve().parent
 
 
 def rules_file(tmp_path: Path) -> Path:
-    rule = yaml.safe_load((DEPLOY / "base" / "prometheusrule.yaml").read_text())
     path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"groups": rule_groups()}, sort_keys=False))
     return path
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from consumer.metrics import Metrics
 from stack import tools
-from tests.deploy.manifests import DEPLOY
+from tests.deploy.manifests import DEPLOY, rule_groups
 
 DASHBOARD = DEPLOY / "grafana" / "feature-consumer-dashboard.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$namespace": ".*"}
@@ -31,8 +31,7 @@ def exported_names() -> set[str]:
     """Series names the daemon exports, and those the PrometheusRule records."""
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
     names = {f.name + s for f in Metrics().registry.collect() for s in suffixes[f.type]}
-    rule = yaml.safe_load((DEPLOY / "base" / "prometheusrule.yaml").read_text())
-    names |= {r["record"] for g in rule["spec"]["groups"] for r in g["rules"] if "record" in r}
+    names |= {r["record"] for g in rule_groups() for r in g["rules"] if "record" in r}
     return names
 
 

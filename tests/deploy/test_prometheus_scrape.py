@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stack import localstack
 from tests.daemon import Daemon, Deployment
-from tests.deploy.manifests import DEPLOY
-from tests.prometheus import Prometheus, free_port
+from tests.deploy.manifests import rule_groups
+from tests.helpers import free_port, wait_for
+from tests.prometheus import Prometheus
 from tests.workload import generate
 
 pytestmark = pytest.mark.integration
@@ -30,21 +30,11 @@ def metrics_port() -> int:
 
 @pytest.fixture
 def prometheus(tmp_path: Path, metrics_port: int) -> Iterator[Prometheus]:
-    rules = yaml.safe_load((DEPLOY / "base" / "prometheusrule.yaml").read_text())["spec"]["groups"]
     workdir = tmp_path / "prometheus"
     workdir.mkdir()
-    prom = Prometheus(workdir, [f"127.0.0.1:{metrics_port}"], SCRAPE_S, rules)
+    prom = Prometheus(workdir, [f"127.0.0.1:{metrics_port}"], SCRAPE_S, rule_groups())
     yield prom
     prom.stop()
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_prometheus_reports_the_lag_kafka_reports_during_a_backlog_and_after(

@@ -15,15 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stack import localstack
 from tests.daemon import Daemon, Deployment
+from tests.helpers import free_port, wait_for
 from tests.workload import generate
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -48,16 +43,6 @@ def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
 def partition_lag(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> dict[tuple[str, int], float]:
     return {(dict(k)["topic"], int(dict(k)["partition"])): v
             for k, v in metrics.get("feature_consumer_lag_offsets", {}).items()}
-
-
-def wait_for(predicate, timeout_s: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
