@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -143,6 +144,29 @@ class Deployment:
         finally:
             consumer.close()
         return out
+
+
+class SlowProducer:
+    """Produces chunks of events with a pause after each, in a thread, while a test changes the group."""
+
+    def __init__(self, deployment: Deployment, chunks: list[list[Event]], pause_s: float) -> None:
+        self.where: dict[int, tuple[int, int]] = {}  # event index -> (partition, offset)
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(deployment, chunks, pause_s))
+
+    def _run(self, deployment: Deployment, chunks: list[list[Event]], pause_s: float) -> None:
+        for chunk in chunks:
+            self.where.update(deployment.produce(chunk))
+            time.sleep(pause_s)
+        self.done.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for the last chunk; fails when producing failed."""
+        self._thread.join()
+        assert self.done.is_set(), "producing the events failed (see the thread's traceback above)"
 
 
 def die_with_parent() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from stack import localstack
-from tests.daemon import Daemon, Deployment
+from tests.daemon import Daemon, Deployment, SlowProducer
 from tests.helpers import DRIVER_SCHEMA
 from tests.proxy import TcpProxy
 from tests.workload import Event, generate
@@ -121,17 +120,7 @@ def test_consumers_scaled_1_3_1_during_the_stream(deployment, reader, daemons, r
     bounds = [0]
     for part in slices:
         bounds.append(bounds[-1] + len(part))
-    chunks = [events[a:b] for a, b in itertools.pairwise(bounds)]
-    where: dict[int, tuple[int, int]] = {}
-    done = threading.Event()
-
-    def produce_slowly() -> None:
-        for chunk in chunks:
-            where.update(deployment.produce(chunk))
-            time.sleep(1.5)
-        done.set()
-
-    producer = threading.Thread(target=produce_slowly)
+    producer = SlowProducer(deployment, [events[a:b] for a, b in itertools.pairwise(bounds)], pause_s=1.5)
     producer.start()
     daemons.append(Daemon(deployment, "a"))
     time.sleep(3)
@@ -141,9 +130,8 @@ def test_consumers_scaled_1_3_1_during_the_stream(deployment, reader, daemons, r
     assert daemons[1].terminate() == 0
     assert daemons[2].terminate() == 0
     producer.join()
-    assert done.is_set()
     deployment.wait_caught_up(timeout_s=180, daemons=daemons[:1])
-    record_figures("consumers 1 -> 3 -> 1", deployment, reader, events, where, 4)
+    record_figures("consumers 1 -> 3 -> 1", deployment, reader, events, producer.where, 4)
 
 
 def framed_encoder(registry_url: str, topic: str, schema: dict[str, Any]) -> Callable[[Event], bytes]:

@@ -7,17 +7,20 @@ regressed and the dead letters complete.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from tests.daemon import Daemon, Deployment
+from tests.daemon import Daemon, Deployment, SlowProducer
 from tests.workload import generate
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
+
+COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                         KafkaError.COORDINATOR_NOT_AVAILABLE}
 
 
 def members(admin: AdminClient, group: str) -> dict[str, set[int]]:
@@ -30,7 +33,14 @@ def wait_members(admin: AdminClient, group: str, count: int, timeout_s: float = 
     deadline = time.monotonic() + timeout_s
     seen: dict[str, set[int]] = {}
     while time.monotonic() < deadline:
-        seen = members(admin, group)
+        try:
+            seen = members(admin, group)
+        except KafkaException as exc:
+            # A broker just started has not loaded its group coordinator yet (NOT_COORDINATOR): ask again.
+            if not (exc.args[0].retriable() or exc.args[0].code() in COORDINATOR_NOT_READY):
+                raise
+            time.sleep(0.3)
+            continue
         if len(seen) == count and all(seen.values()):
             return seen
         time.sleep(0.3)
@@ -43,33 +53,22 @@ def test_sigterm_to_one_of_two_consumers_under_load(
     deployment = make_deployment("scalein", partitions=4, batch={"max_records": 200, "max_wait_ms": 100})
     admin = AdminClient({"bootstrap.servers": deployment.endpoints.bootstrap_servers})
     events = generate(entities=400, events_per_entity=6, seed=61)
-    chunks = [events[i:i + 300] for i in range(0, len(events), 300)]
-    where: dict[int, tuple[int, int]] = {}
-    done = threading.Event()
-
-    def produce_slowly() -> None:
-        for chunk in chunks:
-            where.update(deployment.produce(chunk))
-            time.sleep(0.7)
-        done.set()
-
+    producer = SlowProducer(deployment, [events[i:i + 300] for i in range(0, len(events), 300)], pause_s=0.7)
     daemons.append(Daemon(deployment, "stays"))
     daemons.append(Daemon(deployment, "leaves"))
     two = wait_members(admin, deployment.group, 2)
     assert set().union(*two.values()) == set(range(deployment.partitions))
 
-    producer = threading.Thread(target=produce_slowly)
     producer.start()
     time.sleep(2.5)  # mid-stream: both consumers have records in flight
-    assert not done.is_set()
+    assert not producer.done.is_set()
     assert daemons[1].terminate() == 0  # drained, committed and left within its drain timeout
     one = wait_members(admin, deployment.group, 1)
     assert next(iter(one.values())) == set(range(deployment.partitions))  # rebalanced onto the survivor
 
     producer.join()
-    assert done.is_set()
     deployment.wait_caught_up(timeout_s=120, daemons=daemons[:1])
-    record_figures("graceful scale-in 2 -> 1 (SIGTERM)", deployment, reader, events, where, 1)
+    record_figures("graceful scale-in 2 -> 1 (SIGTERM)", deployment, reader, events, producer.where, 1)
     # It wrote everything it held before leaving: nothing was left for the survivor to read again.
     assert "not written" not in daemons[1].log()
     assert daemons[1].log().rstrip().endswith("stopped")
