@@ -49,7 +49,7 @@ from consumer.batch import ViewBatch
 from consumer.cassandra_sink import CassandraStore, table_name
 from consumer.config import CassandraSettings, load_settings
 from consumer.kafka_source import TP
-from consumer.lag import group_lag
+from consumer.lag import GroupLagReader, group_lag
 from consumer.pipeline import Events
 from consumer.rows import NULL_MS
 from consumer.store import RowStatus, WriteReport
@@ -336,12 +336,12 @@ def rss_run(setup: Setup, records: int, entities: int, zipf_s: float) -> tuple[f
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     peak_kib = 0
-    admin = AdminClient(settings.kafka.admin_config())
+    lag = GroupLagReader(settings.kafka.admin_config(), settings.kafka.group_id)
     try:
         while True:
             status = Path(f"/proc/{proc.pid}/status").read_text()
             peak_kib = max(peak_kib, int(status.split("VmHWM:")[1].split()[0]))
-            rows = group_lag(admin, settings.kafka.group_id, [topic])
+            rows = lag.read([topic])
             if rows and all(r.lag == 0 for r in rows):
                 break
             if proc.poll() is not None:
@@ -351,6 +351,7 @@ def rss_run(setup: Setup, records: int, entities: int, zipf_s: float) -> tuple[f
         status = Path(f"/proc/{proc.pid}/status").read_text()
         peak_kib = max(peak_kib, int(status.split("VmHWM:")[1].split()[0]))
     finally:
+        lag.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     return peak_kib / 1024, seconds, records / seconds

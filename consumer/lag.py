@@ -1,7 +1,14 @@
-"""Consumer-group lag from Kafka's admin API (the `lag` command, and the reference for metrics tests).
+"""Consumer-group lag, read from the brokers (the `lag` command, the demo, tests and benchmarks).
 
 Lag of a partition = log end offset - committed offset, as Kafka's `ConsumerGroupCommand --describe`
 reports it; a partition without a committed offset has no lag figure (`None`), as there.
+
+The figures come from the same broker requests the admin API sends (OffsetFetch to the group's
+coordinator, ListOffsets to each partition's leader), made through a consumer handle that names the
+group but never joins it. librdkafka's admin `ListConsumerGroupOffsets` dereferences a missing group
+handle when the coordinator answers NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS (librdkafka issue
+5040; it happens on a freshly started broker and for a group the broker has not seen), which kills the
+process with a segmentation fault. A consumer handle owns a group handle, and retries those answers.
 """
 
 from __future__ import annotations
@@ -10,8 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.errors import TransientError
 
@@ -28,33 +34,53 @@ class PartitionLag:
         return None if self.committed is None else max(0, self.log_end - self.committed)
 
 
-def group_lag(admin: AdminClient | Mapping[str, Any], group_id: str, topics: Iterable[str],
+class GroupLagReader:
+    """Reads one group's committed offsets and the log ends; callers that ask repeatedly keep one."""
+
+    def __init__(self, client_config: Mapping[str, Any], group_id: str) -> None:
+        conf = dict(client_config)
+        # Never subscribes, so never joins the group: it only reads what the group committed.
+        conf.update({"group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False})
+        self.group_id = group_id
+        self._consumer = Consumer(conf)
+
+    def read(self, topics: Iterable[str], timeout_s: float = 15.0) -> list[PartitionLag]:
+        """Lag per partition of `topics` (partitions of topics that do not exist are left out)."""
+        wanted = sorted(set(topics))
+        try:
+            metadata = self._consumer.list_topics(timeout=timeout_s)
+            partitions = [TopicPartition(t, p) for t in wanted if t in metadata.topics
+                          for p in sorted(metadata.topics[t].partitions)]
+            if not partitions:
+                return []
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in self._consumer.committed(partitions, timeout=timeout_s)}
+            ends = {(tp.topic, tp.partition): self._consumer.get_watermark_offsets(
+                tp, timeout=timeout_s, cached=False)[1] for tp in partitions}
+        except KafkaException as exc:
+            raise TransientError(f"Kafka did not answer for group {self.group_id!r}: {exc}") from exc
+        out = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            offset = committed.get(key, -1)
+            out.append(PartitionLag(tp.topic, tp.partition, offset if offset >= 0 else None, int(ends[key])))
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> GroupLagReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def group_lag(client_config: Mapping[str, Any], group_id: str, topics: Iterable[str],
               timeout_s: float = 15.0) -> list[PartitionLag]:
-    """Lag per partition of `topics` for the group. Callers that ask repeatedly pass one AdminClient."""
-    if not isinstance(admin, AdminClient):
-        admin = AdminClient(dict(admin))
-    topics = sorted(set(topics))
-    try:
-        metadata = admin.list_topics(timeout=timeout_s)
-        partitions = [
-            TopicPartition(t, p) for t in topics if t in metadata.topics for p in sorted(metadata.topics[t].partitions)
-        ]
-        if not partitions:
-            return []
-        request = ConsumerGroupTopicPartitions(group_id, partitions)
-        committed_result = admin.list_consumer_group_offsets([request], request_timeout=timeout_s)[group_id]
-        committed = {(tp.topic, tp.partition): tp.offset for tp in committed_result.result(timeout_s).topic_partitions}
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        futures = admin.list_offsets({tp: latest for tp in partitions}, request_timeout=timeout_s)
-        ends = {(tp.topic, tp.partition): fut.result(timeout_s).offset for tp, fut in futures.items()}
-    except Exception as exc:
-        raise TransientError(f"Kafka admin API did not answer for group {group_id!r}: {exc}") from exc
-    out = []
-    for tp in partitions:
-        key = (tp.topic, tp.partition)
-        offset = committed.get(key, -1)
-        out.append(PartitionLag(tp.topic, tp.partition, offset if offset >= 0 else None, int(ends[key])))
-    return out
+    """Lag per partition of `topics` for the group, asked once."""
+    with GroupLagReader(client_config, group_id) as reader:
+        return reader.read(topics, timeout_s)
 
 
 def format_table(rows: list[PartitionLag]) -> str:

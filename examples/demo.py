@@ -32,7 +32,7 @@ from consumer.cassandra_sink import CassandraStore  # noqa: E402
 from consumer.config import load_settings  # noqa: E402
 from consumer.dtypes import DTYPES, ENTITY_VALUE_TYPES  # noqa: E402
 from consumer.feast_codec import decode_value, serialize_entity_key  # noqa: E402
-from consumer.lag import format_table, group_lag  # noqa: E402
+from consumer.lag import GroupLagReader, format_table  # noqa: E402
 from stack import localstack  # noqa: E402
 
 HOUR_US = 3_600_000_000
@@ -105,11 +105,11 @@ def main() -> int:
           "and one record that is not Avro\n")
 
     log_path = workdir / "daemon.log"
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log, GroupLagReader(settings.kafka.admin_config(), settings.kafka.group_id) as lag:
         daemon = subprocess.Popen([*cli, "run", "-c", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
         started = time.monotonic()
         while True:
-            rows = group_lag(admin, settings.kafka.group_id, [topic])
+            rows = lag.read([topic])
             if rows and all(r.lag == 0 for r in rows):
                 break
             if daemon.poll() is not None or time.monotonic() - started > 120:

@@ -127,14 +127,17 @@ def keyspace(request: pytest.FixtureRequest, cql_session) -> Iterator[str]:  # t
 
 @pytest.fixture
 def make_deployment(request: pytest.FixtureRequest, stack: Any, keyspace: str, tmp_path: Path
-                    ) -> Callable[..., Deployment]:
+                    ) -> Iterator[Callable[..., Deployment]]:
     """A daemon configuration with its own topics, and the view's table in the test's keyspace."""
 
     from consumer.cassandra_sink import CassandraStore
     from consumer.config import CassandraSettings
 
+    made: list[Deployment] = []
+
     def make(prefix: str, **options: Any) -> Deployment:
         dep = Deployment(stack, unique_name(request, prefix), keyspace, tmp_path, **options)
+        made.append(dep)
         dep.create_topics()
         dep.write_config()
         store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
@@ -142,7 +145,9 @@ def make_deployment(request: pytest.FixtureRequest, stack: Any, keyspace: str, t
         store.close()
         return dep
 
-    return make
+    yield make
+    for dep in made:
+        dep.close()
 
 
 @pytest.fixture

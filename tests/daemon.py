@@ -17,7 +17,7 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.lag import PartitionLag, group_lag
+from consumer.lag import GroupLagReader, PartitionLag
 from stack.localstack import Endpoints
 from tests.helpers import DRIVER_SCHEMA_PATH
 from tests.workload import Event
@@ -40,7 +40,7 @@ class Deployment:
     registry_url: str | None = None
     # Another view than the seed's driver_hourly_stats (config-file form; its topic is replaced).
     view: dict[str, Any] | None = None
-    _admin: AdminClient | None = field(default=None, repr=False)
+    _lag: GroupLagReader | None = field(default=None, repr=False)
 
     @property
     def group(self) -> str:
@@ -107,10 +107,15 @@ class Deployment:
         return where
 
     def lag(self) -> list[PartitionLag]:
-        if self._admin is None:
+        if self._lag is None:
             # One client for all the polling: librdkafka handles are not meant to be made by the hundred.
-            self._admin = AdminClient({"bootstrap.servers": self.endpoints.bootstrap_servers})
-        return group_lag(self._admin, self.group, [self.topic])
+            self._lag = GroupLagReader({"bootstrap.servers": self.endpoints.bootstrap_servers}, self.group)
+        return self._lag.read([self.topic])
+
+    def close(self) -> None:
+        if self._lag is not None:
+            self._lag.close()
+            self._lag = None
 
     def total_lag(self) -> int | None:
         rows = self.lag()

@@ -25,7 +25,7 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.lag import group_lag
+from consumer.lag import GroupLagReader
 from stack import feastenv
 
 pytestmark = [pytest.mark.feast, pytest.mark.integration]
@@ -110,15 +110,15 @@ def avro(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
 
 
 def wait_caught_up(bootstrap: str, group: str, topics: list[str], proc: subprocess.Popen[bytes], log: Path) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-4000:]
-        rows = group_lag(admin, group, topics)
-        # An empty partition has nothing to commit: no committed offset, and nothing behind.
-        if rows and all(r.lag == 0 or (r.committed is None and r.log_end == 0) for r in rows):
-            return
-        time.sleep(0.5)
+    with GroupLagReader({"bootstrap.servers": bootstrap}, group) as lag:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-4000:]
+            rows = lag.read(topics)
+            # An empty partition has nothing to commit: no committed offset, and nothing behind.
+            if rows and all(r.lag == 0 or (r.committed is None and r.log_end == 0) for r in rows):
+                return
+            time.sleep(0.5)
     raise AssertionError(f"not caught up: {log.read_text()[-4000:]}")
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from stack import localstack
 from tests.daemon import Daemon, Deployment
 from tests.helpers import driver_view
 from tests.workload import compare, expected_state, generate
@@ -80,18 +81,31 @@ def test_two_consumers_and_a_rebalance_mid_stream_lose_nothing(deployment, reade
     assert result.ok, result
 
 
-def test_lag_command_shows_zero_and_matches_the_admin_api(deployment, daemons) -> None:
+def lag_command(deployment: Deployment, *args: str) -> list[list[str]]:
+    out = subprocess.run([sys.executable, "-m", "consumer.cli", "lag", "-c", str(deployment.config_path), *args],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split() for line in out.splitlines()[2:]]
+
+
+def test_lag_command_shows_zero_and_matches_kafkas_own_tool(deployment, daemons) -> None:
     deployment.produce(generate(entities=50, events_per_entity=4, seed=16, poison_rate=0.05))
     daemons.append(Daemon(deployment))
     deployment.wait_caught_up(daemons=daemons)
-    out = subprocess.run([sys.executable, "-m", "consumer.cli", "lag", "-c", str(deployment.config_path)],
-                         capture_output=True, text=True, check=True).stdout
-    lines = [line.split() for line in out.splitlines()[2:]]
+    lines = lag_command(deployment)
     assert len(lines) == deployment.partitions
-    admin = {(r.topic, r.partition): r for r in deployment.lag()}
+    kafka = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
     for topic, partition, current, end, lag in lines:
-        row = admin[(topic, int(partition))]
-        assert (int(current), int(end), int(lag)) == (row.committed, row.log_end, 0)
+        assert (int(current), int(end), int(lag)) == (*kafka[(topic, int(partition))][:2], 0)
+
+
+def test_lag_command_for_a_group_that_never_committed(deployment) -> None:
+    # A group the broker has never seen: its coordinator may first answer NOT_COORDINATOR, which made
+    # librdkafka's admin offset listing crash the process.
+    deployment.produce(generate(entities=10, events_per_entity=2, seed=17))
+    lines = lag_command(deployment, "--group", f"{deployment.group}-never-seen")
+    assert len(lines) == deployment.partitions
+    assert all(current == "-" and lag == "-" for _, _, current, _, lag in lines)
+    assert sum(int(end) for _, _, _, end, _ in lines) == 20
 
 
 def test_sigterm_drains_commits_and_a_restart_resumes(deployment, reader, daemons) -> None:
