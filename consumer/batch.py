@@ -458,7 +458,9 @@ def newest_per_key(
     return np.sort(order[last])
 
 
-_INT_KEY_KINDS = (Kind.INT64, Kind.INT32, Kind.UNIX_TIMESTAMP)
+# Not UnixTimestamp: its frame column holds microseconds, but Feast keys it by whole seconds, so two
+# values a fraction of a second apart are one entity.
+_INT_KEY_KINDS = (Kind.INT64, Kind.INT32)
 
 
 def _coalesce(view: FeatureView, parts: list[_Part]) -> ViewBatch:

@@ -261,6 +261,20 @@ def test_composite_keys_coalesce_per_full_key() -> None:
     assert [v for _, v in got] == pytest.approx([0.3, 0.2])
 
 
+def test_timestamp_keys_a_fraction_of_a_second_apart_are_one_entity() -> None:
+    # Feast serializes a UnixTimestamp key in whole seconds: both records name the same online row.
+    schema = copy.deepcopy(DRIVER_SCHEMA)
+    schema["fields"][0] = {"name": "driver_id", "type": {"type": "long", "logicalType": "timestamp-micros"}}
+    recs = [driver_record(driver_id=T0_MICROS + 100_000, conv=0.1),
+            driver_record(driver_id=T0_MICROS + 600_000, conv=0.2, ts=T0_MICROS + 1_000_000)]
+    batch = run([avro_body(plain_schema(schema), r) for r in recs],
+                decoders_for(schema, entities=[{"name": "driver_id", "value_type": "UNIX_TIMESTAMP"}]))
+    [vb] = batch.views
+    assert (len(vb.frame), vb.superseded) == (1, 1)
+    assert vb.frame["conv_rate"].tolist() == pytest.approx([0.2])
+    assert len(set(vb.rows.entity_keys)) == 1
+
+
 # --------------------------------------------------------------------------- properties
 
 
