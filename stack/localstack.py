@@ -138,7 +138,14 @@ def _maven_paths(profile: str) -> list[str]:
         mvn, "-q", "-B", "-f", str(POM), "-P", profile,
         "dependency:build-classpath", f"-Dmdep.outputFile={out_file}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    timeout = float(os.environ.get("STACK_MAVEN_TIMEOUT", "1200"))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(
+            f"Maven did not resolve the '{profile}' artifacts of {POM} within {timeout:.0f}s "
+            "(is Maven Central reachable? raise STACK_MAVEN_TIMEOUT for a slow first download)"
+        ) from exc
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise StackError(
@@ -339,16 +346,23 @@ def _start_kafka(ports: Ports, keep_data: bool = False) -> None:
         "-cp", classpath,
     ]
     if not keep_data:
-        cluster_id = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
-        ).stdout.strip().splitlines()[-1]
-        fmt = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-            capture_output=True, text=True, check=False,
-        )
-        if fmt.returncode != 0:
-            raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        cluster_id = (_storage_tool(jvm, "random-uuid").strip().splitlines() or [""])[-1]
+        if not cluster_id:
+            raise StackError("Kafka's StorageTool random-uuid printed no cluster id")
+        _storage_tool(jvm, "format", "-t", cluster_id, "-c", str(props))
     _spawn("kafka", [*jvm, "kafka.Kafka", str(props)], cwd=home)
+
+
+def _storage_tool(jvm: list[str], *args: str) -> str:
+    """Kafka's StorageTool (cluster id, storage format); a failure says which step and why."""
+    try:
+        proc = subprocess.run([*jvm, "kafka.tools.StorageTool", *args], capture_output=True, text=True,
+                              check=False, timeout=120)
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"Kafka's StorageTool {args[0]} did not finish within 120s") from exc
+    if proc.returncode != 0:
+        raise StackError(f"Kafka's StorageTool {args[0]} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
 
 
 def _cassandra_jvm_flags(jamm: str) -> list[str]:

@@ -154,7 +154,9 @@ def test_type_compatibility(avro_type: Any, dtype: str, ok: bool) -> None:
 def test_timestamp_units(logical: str, raw: int, micros: int) -> None:
     schema = with_field(DRIVER_SCHEMA, "event_timestamp", type={"type": "long", "logicalType": logical})
     plan = build_plan(driver_view(schema={"registry": True}), load_writer_schema(json.dumps(schema)))
-    assert plan.event_ts.to_micros * raw == micros if plan.event_ts.to_micros > 0 else raw // 1000 == micros
+    # to_micros > 0 multiplies, < 0 divides (nanoseconds), as the decoder applies it.
+    factor = plan.event_ts.to_micros
+    assert (raw * factor if factor > 0 else raw // -factor) == micros
 
 
 def test_a_truncated_body_is_a_decode_error() -> None:

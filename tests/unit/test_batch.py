@@ -196,6 +196,19 @@ def test_a_string_over_the_limit_is_a_mapping_error() -> None:
     assert batch.views[0].frame["label"].tolist() == ["ok"]
 
 
+def test_avro_bytes_that_are_not_utf8_for_a_string_feature_are_a_mapping_error() -> None:
+    schema = copy.deepcopy(DRIVER_SCHEMA)
+    schema["fields"].append({"name": "label", "type": "bytes"})  # promoted to a String feature
+    bodies = [avro_body(plain_schema(schema), dict(driver_record(driver_id=i), label=raw))
+              for i, raw in enumerate([b"ok", b"\xff\xfe"])]
+    batch = run(bodies, decoders_for(schema, features=[{"name": "label", "dtype": "String"}]))
+    [rejected] = batch.rejected
+    assert (rejected.error.error_class, rejected.error.reason) == (
+        "MappingError", "feature 'label': bytes are not valid UTF-8")
+    assert rejected.message.offset() == 101 and rejected.error.source.offset == 101
+    assert batch.views[0].frame["label"].tolist() == ["ok"]
+
+
 def list_schema(item: Any) -> dict[str, Any]:
     schema = copy.deepcopy(DRIVER_SCHEMA)
     schema["fields"].append({"name": "xs", "type": {"type": "array", "items": item}})
