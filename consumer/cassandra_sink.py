@@ -100,6 +100,7 @@ def create_table_cql(keyspace: str, view: FeatureView) -> str:
 class _Statements:
     insert: Any
     update_older: Any
+    update_null_event: Any
     update_tie: Any
     update_exact: Any
     select: Any
@@ -258,6 +259,7 @@ class CassandraStore:
                     "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
                 ),
                 update_older=self.session.prepare(f"UPDATE {table} {cols} IF event_ts < ?"),
+                update_null_event=self.session.prepare(f"UPDATE {table} {cols} IF event_ts = null"),
                 update_tie=self.session.prepare(f"UPDATE {table} {cols} IF event_ts = ? AND created_ts <= ?"),
                 update_exact=self.session.prepare(f"UPDATE {table} {cols} IF event_ts = ? AND created_ts = ?"),
                 select=self.session.prepare(
@@ -434,6 +436,8 @@ class CassandraStore:
         head = (value, event_ms, created, task.key, feature)
         if step.op is Op.UPDATE_OLDER:
             return st.update_older.bind((*head, step.cond_event_ms))
+        if step.op is Op.UPDATE_NULL_EVENT:
+            return st.update_null_event.bind(head)
         if step.op is Op.UPDATE_TIE:
             return st.update_tie.bind((*head, step.cond_event_ms, step.cond_created_ms))
         return st.update_exact.bind((*head, step.cond_event_ms, step.cond_created_ms))
@@ -465,12 +469,7 @@ class CassandraStore:
                 task.probe = False
             return
         report.not_applied += 1
-        answer = {
-            r["feature_name"]: {k: _ms(v) if k in ("event_ts", "created_ts") else v for k, v in r.items()}
-            for r in rows
-            if r.get("feature_name") is not None
-        }
-        learnt = guard.learn(sent, answer)
+        learnt = guard.learn(sent, _answer_rows(sent, rows))
         task.known.update(learnt)
         if task.probe:
             self._first_guess = self._first_guess.observe(any(k.exists for k in learnt.values()))
@@ -487,6 +486,21 @@ class CassandraStore:
         if task.written or task.stale_versions:
             self._cache_raise(table, task.key, guard.lower_bound_after(task.ours, bool(task.written),
                                                                          task.stale_versions))
+
+
+def _answer_rows(sent: Mapping[str, Step], rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The stored rows a not-applied answer revealed, by feature name.
+
+    A batch's answer carries each existing row's key columns. A single UPDATE's answer carries only the
+    columns of its condition (none at all when the row is missing), so it is attributed to its one feature.
+    """
+    def millis(row: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: _ms(v) if k in ("event_ts", "created_ts") else v for k, v in row.items() if k != "[applied]"}
+
+    if len(sent) == 1 and rows and rows[0].get("feature_name") is None:
+        [feature] = sent
+        return {feature: millis(rows[0])} if "event_ts" in rows[0] else {}
+    return {r["feature_name"]: millis(r) for r in rows if r.get("feature_name") is not None}
 
 
 def _classify(error: BaseException) -> str:

@@ -17,6 +17,7 @@ whatever a not-applied answer reveals is learnt for the next round:
 |--------------------------------|--------------------------------------------------------------|
 | nothing                        | `UPDATE ... IF event_ts < E` or `INSERT ... IF NOT EXISTS` (a guess) |
 | missing                        | `INSERT ... IF NOT EXISTS`                                     |
+| event_ts null (not our write)  | `UPDATE ... IF event_ts = null`                                |
 | event_ts < E                   | `UPDATE ... IF event_ts < E`                                   |
 | event_ts > E                   | none: stale                                                  |
 | event_ts = E, created unknown  | `UPDATE ... IF event_ts = E AND created_ts <= C` (`= null` when C is null) |
@@ -42,6 +43,7 @@ Version = tuple[int, int]  # (event_ms, created_ms); created_ms is NULL_MS when 
 class Op(enum.Enum):
     INSERT = "insert if not exists"
     UPDATE_OLDER = "update if event_ts <"
+    UPDATE_NULL_EVENT = "update if event_ts = null"
     UPDATE_TIE = "update if event_ts = and created_ts <="
     UPDATE_EXACT = "update if event_ts = and created_ts ="
 
@@ -82,6 +84,10 @@ def decide(ours: Version, known: Known | None, guess_exists: bool) -> Step | Non
         return Step(Op.UPDATE_OLDER, event_ms) if guess_exists else Step(Op.INSERT)
     if not known.exists:
         return Step(Op.INSERT)
+    if known.event_ms == NULL_MS:
+        # Written by something else without an event time: every version beats it, but `null < E` is
+        # false in a condition, so it needs a condition of its own.
+        return Step(Op.UPDATE_NULL_EVENT)
     if known.event_ms < event_ms:
         return Step(Op.UPDATE_OLDER, event_ms)
     if known.event_ms > event_ms:

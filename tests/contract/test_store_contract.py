@@ -41,7 +41,8 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[Store, Seeder]]:
     def seed(view: FeatureView, key: str, feature: str, cell: StoredCell) -> None:
         store.session.execute(
             f"INSERT INTO {table_name(keyspace, view)} (entity_key, feature_name, value, event_ts, created_ts) "
-            "VALUES (%s, %s, %s, %s, %s)", (key, feature, cell.value, cell.event_ms, cell.created_ms))
+            "VALUES (%s, %s, %s, %s, %s)",
+            (key, feature, cell.value, None if cell.event_ms == NULL_MS else cell.event_ms, cell.created_ms))
 
     yield store, seed
     store.close()
@@ -112,6 +113,22 @@ def test_rows_written_blindly_with_mixed_versions(backend: tuple[Store, Seeder])
     assert cells(store, "k") == {
         "conv_rate": (b"newer", 5000, None),
         "acc_rate": (b"ours", 1000, None),
+        "avg_daily_trips": (b"ours", 1000, None),
+    }
+
+
+def test_rows_written_without_an_event_time_are_overwritten(backend: tuple[Store, Seeder]) -> None:
+    """A row some other writer left without event_ts (NULL_MS seeds a null) loses to any version."""
+    store, seed = backend
+    view = driver_view()
+    seed(view, "k", "conv_rate", StoredCell(b"no-time", NULL_MS, None))
+    seed(view, "k", "acc_rate", StoredCell(b"newer", 5000, None))
+    seed(view, "k", "avg_daily_trips", StoredCell(b"no-time", NULL_MS, 7))
+    report = store.write(view, rows_of([("k", 1000, None, b"ours")]))
+    assert report.statuses == [RowStatus.PARTIAL]
+    assert cells(store, "k") == {
+        "conv_rate": (b"ours", 1000, None),
+        "acc_rate": (b"newer", 5000, None),
         "avg_daily_trips": (b"ours", 1000, None),
     }
 

@@ -16,7 +16,7 @@ from consumer import guard
 from consumer.guard import FirstGuess, Known, Op
 from consumer.rows import NULL_MS
 
-Row = tuple[int, int | None] | None  # (event_ms, created_ms or None) or no row
+Row = tuple[int | None, int | None] | None  # (event_ms or None, created_ms or None) or no row
 
 
 def lwt(step: guard.Step, row: Row, ours: tuple[int, int]) -> tuple[bool, Row, dict[str, Any] | None]:
@@ -29,6 +29,10 @@ def lwt(step: guard.Step, row: Row, ours: tuple[int, int]) -> tuple[bool, Row, d
     if row is None:
         return False, row, None
     event, created = row
+    if step.op is Op.UPDATE_NULL_EVENT:
+        return (True, new, None) if event is None else (False, row, {"event_ts": event})
+    if event is None:  # any comparison with null is false
+        return False, row, {"event_ts": None, "created_ts": created}
     if step.op is Op.UPDATE_OLDER:
         ok = event < step.cond_event_ms  # type: ignore[operator]
         return (True, new, None) if ok else (False, row, {"event_ts": event})
@@ -41,11 +45,12 @@ def lwt(step: guard.Step, row: Row, ours: tuple[int, int]) -> tuple[bool, Row, d
 
 def version(row: Row) -> tuple[int, int]:
     assert row is not None
-    return (row[0], NULL_MS if row[1] is None else row[1])
+    return (NULL_MS if row[0] is None else row[0], NULL_MS if row[1] is None else row[1])
 
 
 created_strategy = st.one_of(st.none(), st.integers(0, 3))
-row_strategy = st.one_of(st.none(), st.tuples(st.integers(0, 3), created_strategy))
+# A stored event_ts is null only where something other than a guarded write made the row.
+row_strategy = st.one_of(st.none(), st.tuples(st.one_of(st.none(), st.integers(0, 3)), created_strategy))
 
 
 @settings(max_examples=2000, deadline=None)
@@ -67,6 +72,11 @@ def test_the_protocol_ends_at_the_guard_rule_within_four_rounds(
         known = guard.learn(["f"], {"f": answer} if answer is not None else {})["f"]
     should_write = stored is None or ours >= version(stored)
     assert version(row) == (ours if should_write else version(stored))
+
+
+def test_a_stored_row_without_event_ts_is_overwritten_by_its_own_condition() -> None:
+    known = guard.learn(["f"], {"f": {"event_ts": None}})["f"]
+    assert guard.decide((5, NULL_MS), known, guess_exists=True) == guard.Step(Op.UPDATE_NULL_EVENT)
 
 
 def test_learning_distinguishes_missing_null_and_unknown_created() -> None:
