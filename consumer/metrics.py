@@ -7,9 +7,12 @@ Lag, per assigned partition:
   the committed offset is the one this process committed (or found committed when it got the partition;
   with none, where `auto.offset.reset` makes it start).
 * `feature_consumer_lag_seconds` = 0 when the lag in offsets is 0; otherwise the age of the oldest record
-  not yet committed, by its Kafka timestamp, if this process has read it; before it has, the time since
-  the partition was last caught up. An idle, caught-up partition reads 0; a stuck one grows with wall
-  time.
+  not yet committed, by its Kafka timestamp, if this process has read it (it is buffered or being
+  written); before it has, the time since the partition was last caught up. An idle, caught-up
+  partition reads 0; a stuck one grows with wall time.
+
+The log end used is the larger of the brokers' answer and the offset after the last record read, so a
+partition whose records are read but not yet committed never reads lag 0 between two collections.
 
 A partition this process no longer owns is no longer reported by it.
 """
@@ -20,10 +23,12 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from confluent_kafka import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -96,11 +101,12 @@ class Metrics(Events):
         self.last_turn: float | None = None
         self.assignment_received = False
         self.store_answers = False
-        # Per partition: committed offset, log end, oldest uncommitted record timestamp (s), caught-up time.
+        # Per partition: committed offset, log end, caught-up time, and (offset, timestamp in s) of every
+        # record read and not yet committed, oldest first (at most the loop's buffer).
         self.owned: set[TP] = set()
         self.committed_offsets: dict[TP, int] = {}
         self.log_ends: dict[TP, int] = {}
-        self.oldest_pending: dict[TP, float] = {}
+        self.pending: dict[TP, deque[tuple[int, float]]] = {}
         self.caught_up_at: dict[TP, float] = {}
 
     # ------------------------------------------------------------------ loop events
@@ -108,16 +114,20 @@ class Metrics(Events):
     def loop_turned(self, now: float) -> None:
         self.last_turn = now
 
+    def received(self, messages: Sequence[Message]) -> None:
+        now = self.clock()
+        with self._lock:
+            for message in messages:
+                tp = (message.topic() or "", message.partition() or 0)
+                if tp not in self.owned:
+                    continue
+                kind, ts_ms = message.timestamp()
+                # Without a Kafka timestamp, the time it was read: the lag in seconds still grows from there.
+                self.pending.setdefault(tp, deque()).append(
+                    (message.offset() or 0, ts_ms / 1000 if kind and ts_ms > 0 else now))
+
     def batch_assembled(self, batch: Batch) -> None:
         self.m_batch_size.observe(batch.size)
-        with self._lock:
-            for message in batch.messages:
-                tp = (message.topic() or "", message.partition() or 0)
-                if tp in self.oldest_pending:
-                    continue
-                kind, ts_ms = message.timestamp() if hasattr(message, "timestamp") else (0, 0)
-                if kind and ts_ms > 0:
-                    self.oldest_pending[tp] = ts_ms / 1000
         for view_batch in batch.views:
             self.m_consumed.labels(view_batch.view.name).inc(view_batch.records)
             self.m_superseded.labels(view_batch.view.name).inc(view_batch.superseded)
@@ -150,7 +160,9 @@ class Metrics(Events):
             self.last_commit = now
             for tp, offset in offsets.items():
                 self.committed_offsets[tp] = offset
-                self.oldest_pending.pop(tp, None)
+                pending = self.pending.get(tp)
+                while pending and pending[0][0] < offset:
+                    pending.popleft()
                 self.m_committed_offset.labels(*_labels(tp)).set(offset)
             self._refresh_lag(now)
 
@@ -169,7 +181,7 @@ class Metrics(Events):
             self.m_rebalances.labels("lost" if lost else "revoke").inc()
             for tp in partitions:
                 self.owned.discard(tp)
-                for store in (self.committed_offsets, self.log_ends, self.oldest_pending, self.caught_up_at):
+                for store in (self.committed_offsets, self.log_ends, self.pending, self.caught_up_at):
                     store.pop(tp, None)
                 for gauge in (self.m_lag_offsets, self.m_lag_seconds, self.m_committed_offset, self.m_log_end_offset,
                               self.m_partition_paused):
@@ -206,16 +218,19 @@ class Metrics(Events):
         for tp in self.owned:
             end = self.log_ends.get(tp)
             committed = self.committed_offsets.get(tp)
+            pending = self.pending.get(tp)
+            if pending:
+                read_end = pending[-1][0] + 1
+                end = read_end if end is None else max(end, read_end)
             if end is None or committed is None:
                 continue
             lag = max(0, end - committed)
             self.m_lag_offsets.labels(*_labels(tp)).set(lag)
             if lag == 0:
                 self.caught_up_at[tp] = now
-                self.oldest_pending.pop(tp, None)
                 self.m_lag_seconds.labels(*_labels(tp)).set(0)
             else:
-                since = self.oldest_pending.get(tp, self.caught_up_at.get(tp, now))
+                since = pending[0][1] if pending else self.caught_up_at.get(tp, now)
                 self.m_lag_seconds.labels(*_labels(tp)).set(max(0.0, now - since))
 
     def refresh(self) -> None:

@@ -66,6 +66,7 @@ class Events:
     """What the loop reports as it goes; the metrics module listens. The base class ignores everything."""
 
     def loop_turned(self, now: float) -> None: ...
+    def received(self, messages: list[Message]) -> None: ...
     def batch_assembled(self, batch: Batch) -> None: ...
     def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None: ...
     def dead_lettered(self, rejected: list[Rejected]) -> None: ...
@@ -85,6 +86,10 @@ class EventFanout(Events):
     def loop_turned(self, now: float) -> None:
         for listener in self.listeners:
             listener.loop_turned(now)
+
+    def received(self, messages: list[Message]) -> None:
+        for listener in self.listeners:
+            listener.received(messages)
 
     def batch_assembled(self, batch: Batch) -> None:
         for listener in self.listeners:
@@ -219,6 +224,7 @@ class Pipeline(RebalanceListener):
                 age_ms = int(self.clock.wall() * 1000) - created_ms
                 st.oldest_ms = min(poll_started_ms, int(self.clock.monotonic() * 1000) - max(0, age_ms))
         st.buffer.extend(messages)
+        self.events.received(messages)
 
     def _flush(self) -> None:
         st = self.state

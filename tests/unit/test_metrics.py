@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumer.batch import Batch, ViewBatch
+from consumer.batch import ViewBatch
 from consumer.metrics import Metrics
 from consumer.rows import EncodedRows
 from consumer.store import RowStatus, WriteReport
@@ -58,8 +58,7 @@ def test_lag_seconds_is_the_age_of_the_oldest_uncommitted_record_and_grows_while
     m.committed({TP0: 0}, clock.now)
     m.update_log_end({TP0: 0})
     clock.now = 2000.0
-    batch = Batch([TimedMessage(0, 0, 1990.0), TimedMessage(0, 1, 1995.0)], [], [], {TP0: 2})
-    m.batch_assembled(batch)
+    m.received([TimedMessage(0, 0, 1990.0), TimedMessage(0, 1, 1995.0)])
     m.update_log_end({TP0: 2})
     assert sample(m, "feature_consumer_lag_seconds") == 10
     clock.now = 2100.0
@@ -67,6 +66,19 @@ def test_lag_seconds_is_the_age_of_the_oldest_uncommitted_record_and_grows_while
     assert sample(m, "feature_consumer_lag_seconds") == 110  # stuck: grows with wall time
     m.committed({TP0: 2}, clock.now)
     assert sample(m, "feature_consumer_lag_seconds") == 0
+
+
+def test_during_a_backlog_lag_is_the_age_of_the_first_record_after_the_commit() -> None:
+    m, clock = make()
+    m.committed({TP0: 0}, clock.now)
+    m.update_log_end({TP0: 0})  # the brokers' last answer: nothing there yet (it is up to 5 s old)
+    clock.now = 2000.0
+    m.received([TimedMessage(0, i, 1990.0 + i) for i in range(4)])  # read, buffered, not yet committed
+    m.committed({TP0: 2}, clock.now)
+    assert sample(m, "feature_consumer_lag_offsets") == 2  # not 0: two records read are not committed
+    assert sample(m, "feature_consumer_lag_seconds") == 8  # the record at offset 2 is from t=1992
+    m.committed({TP0: 4}, clock.now)
+    assert (sample(m, "feature_consumer_lag_offsets"), sample(m, "feature_consumer_lag_seconds")) == (0, 0)
 
 
 def test_before_the_record_is_read_lag_counts_from_the_last_catch_up() -> None:
