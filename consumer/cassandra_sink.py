@@ -289,12 +289,14 @@ class CassandraStore:
 
     # ------------------------------------------------------------------ guarded writes
 
-    def write(self, view: FeatureView, rows: EncodedRows) -> WriteReport:
+    def write(self, view: FeatureView, rows: EncodedRows, budget_s: float | None = None) -> WriteReport:
         """Write every row through the guard; blocks until each row has an outcome.
 
-        Raises StoreUnavailable when Cassandra keeps failing (nothing about which rows were written is
-        then promised; re-sending them is safe) and StoreMisconfigured when it refuses the table.
+        Raises StoreUnavailable when Cassandra keeps failing, or when `budget_s` runs out first (nothing
+        about which rows were written is then promised; re-sending them is safe), and StoreMisconfigured
+        when it refuses the table.
         """
+        deadline = None if budget_s is None else self._clock() + budget_s
         statements = self._prepare(view)
         table = view.table
         n = len(rows)
@@ -319,6 +321,9 @@ class CassandraStore:
         window = self.settings.max_in_flight
         while tasks or waiting or in_flight:
             now = self._clock()
+            if deadline is not None and now >= deadline:
+                raise StoreUnavailable(f"writes to {view.table} not done within {budget_s:.1f}s "
+                                       f"({len(tasks) + len(waiting) + in_flight} entities unfinished)")
             if waiting:
                 ready = [t for t in waiting if t.not_before <= now]
                 if ready:
@@ -334,9 +339,16 @@ class CassandraStore:
                 in_flight += 1
             if not in_flight:
                 if waiting:
-                    self._sleep(max(0.0, min(t.not_before for t in waiting) - self._clock()))
+                    pause = min(t.not_before for t in waiting) - self._clock()
+                    if deadline is not None:
+                        pause = min(pause, deadline - self._clock())
+                    self._sleep(max(0.0, pause))
                 continue
-            task, result, error, started = answers.get()
+            try:
+                task, result, error, started = answers.get(
+                    timeout=None if deadline is None else max(0.0, deadline - self._clock()))
+            except queue.Empty:
+                continue  # out of time: the check at the top of the loop says so
             in_flight -= 1
             report.requests += 1
             report.latencies.append(self._clock() - started)

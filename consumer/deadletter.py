@@ -43,13 +43,15 @@ class DeadLetterProducer:
         self._group_id = group_id
         self._timeout_s = timeout_s
 
-    def send(self, rejected: Sequence[Rejected]) -> None:
-        """Produce every rejected record and wait for Kafka to acknowledge all of them.
+    def send(self, rejected: Sequence[Rejected], timeout_s: float | None = None) -> None:
+        """Produce every rejected record and wait for Kafka to acknowledge all of them (at most
+        `timeout_s`, or the producer's timeout).
 
         Raises DeadLetterUnavailable if any is not acknowledged: its offset must not be committed.
         """
         if not rejected:
             return
+        wait_s = self._timeout_s if timeout_s is None else max(0.0, min(timeout_s, self._timeout_s))
         failures: list[KafkaError] = []
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
@@ -66,12 +68,14 @@ class DeadLetterProducer:
                 )
                 self._producer.poll(0)
         except (KafkaException, BufferError) as exc:
-            self._producer.flush(self._timeout_s)
+            self._producer.flush(wait_s)
             raise DeadLetterUnavailable(f"dead-letter topic {self.topic!r} cannot be written: {exc}") from exc
-        left = self._producer.flush(self._timeout_s)
+        left = self._producer.flush(wait_s)
         if left or failures:
-            reason = failures[0] if failures else f"{left} records unacknowledged after {self._timeout_s}s"
+            reason = failures[0] if failures else f"{left} records unacknowledged after {wait_s:.1f}s"
             raise DeadLetterUnavailable(f"dead-letter topic {self.topic!r} cannot be written: {reason}")
 
-    def close(self) -> None:
-        self._producer.flush(self._timeout_s)
+    def close(self, timeout_s: float = 2.0) -> None:
+        # Whatever is still queued here belongs to a batch that was not committed: it is read, and
+        # dead-lettered, again after a restart, so shutdown does not wait long for it.
+        self._producer.flush(timeout_s)

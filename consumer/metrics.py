@@ -305,7 +305,7 @@ class LagCollector(threading.Thread):
         except Exception:  # noqa: BLE001 - any failure means "Cassandra does not answer"
             self.metrics.store_answers = False
 
-    def stop(self, timeout_s: float = 15.0) -> None:
+    def stop(self, timeout_s: float = 3.0) -> None:
         self._stop_event.set()
         if self.ident is None:  # never started: nothing runs the clean-up
             if self._on_stop is not None:

@@ -58,7 +58,7 @@ class Source(Protocol):
 
 
 class DeadLetters(Protocol):
-    def send(self, rejected: list[Rejected]) -> None: ...
+    def send(self, rejected: list[Rejected], timeout_s: float | None = None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -166,6 +166,7 @@ class Pipeline(RebalanceListener):
         self.policy = BatchPolicy(settings.batch.max_records, settings.batch.max_wait_ms)
         self.backoff = Backoff(settings.run.backoff_min_ms, settings.run.backoff_max_ms)
         self.state = _State()
+        self._drain_deadline: float | None = None  # monotonic seconds, once shutting down
         self._stop = stop or threading.Event()
         self.source = source_factory(self)
 
@@ -251,14 +252,20 @@ class Pipeline(RebalanceListener):
         self.events.batch_assembled(batch)
         refused = list(batch.rejected)
         for view_batch in batch.views:
-            report = self.store.write(view_batch.view, view_batch.rows)
+            report = self.store.write(view_batch.view, view_batch.rows, budget_s=self._time_left())
             for row, reason in report.failures.items():
                 message = batch.messages[int(view_batch.positions[row])]
                 refused.append(Rejected(message, WriteRefused(reason).at(source_of(message))))
             self.events.view_written(view_batch, report, self.clock.wall())
-        self.dead_letters.send(refused)
+        self.dead_letters.send(refused, timeout_s=self._time_left())
         self.events.dead_lettered(refused)
         self._commit(batch.next_offsets, asynchronous=True)
+
+    def _time_left(self) -> float | None:
+        """While draining, the seconds left of the drain timeout: no write or dead-letter wait outlasts it."""
+        if self._drain_deadline is None:
+            return None
+        return max(0.0, self._drain_deadline - self.clock.monotonic())
 
     def _commit(self, offsets: Mapping[TP, int], asynchronous: bool) -> None:
         st = self.state
@@ -361,7 +368,7 @@ class Pipeline(RebalanceListener):
     def shutdown(self) -> None:
         """Drain within the configured time, commit synchronously, leave the group."""
         st = self.state
-        deadline = self.clock.monotonic() + self.settings.run.drain_timeout_s
+        deadline = self._drain_deadline = self.clock.monotonic() + self.settings.run.drain_timeout_s
         while st.buffer and self.clock.monotonic() < deadline:
             if st.retry_at > self.clock.monotonic():
                 self.clock.sleep(max(0.0, min(st.retry_at, deadline) - self.clock.monotonic()))

@@ -44,8 +44,11 @@ class StoredCell:
 
 
 class Store(Protocol):
-    def write(self, view: FeatureView, rows: EncodedRows) -> WriteReport:
-        """Write every row through the guard; raises StoreUnavailable (transient) or StoreMisconfigured."""
+    def write(self, view: FeatureView, rows: EncodedRows, budget_s: float | None = None) -> WriteReport:
+        """Write every row through the guard; raises StoreUnavailable (transient) or StoreMisconfigured.
+
+        With `budget_s`, gives up (StoreUnavailable) when the rows are not all done within that many seconds.
+        """
         ...
 
     def read(self, view: FeatureView, entity_key: str) -> dict[str, StoredCell]: ...

@@ -24,8 +24,10 @@ class FakeStore:
         self.tables: dict[str, dict[tuple[str, str], StoredCell]] = {}
         self.down = False
         self.writes = 0
+        self.budgets: list[float | None] = []
 
-    def write(self, view: FeatureView, rows: EncodedRows) -> WriteReport:
+    def write(self, view: FeatureView, rows: EncodedRows, budget_s: float | None = None) -> WriteReport:
+        self.budgets.append(budget_s)
         if self.down:
             raise StoreUnavailable("fake store is down")
         table = self.tables.setdefault(view.table, {})
@@ -171,8 +173,10 @@ class FakeDeadLetters:
     def __init__(self) -> None:
         self.sent: list[Any] = []
         self.down = False
+        self.timeouts: list[float | None] = []
 
-    def send(self, rejected: list[Any]) -> None:
+    def send(self, rejected: list[Any], timeout_s: float | None = None) -> None:
+        self.timeouts.append(timeout_s)
         if rejected and self.down:
             from consumer.errors import DeadLetterUnavailable
 

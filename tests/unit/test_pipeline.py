@@ -198,6 +198,22 @@ def test_shutdown_gives_up_after_the_drain_timeout_when_the_store_is_down(h: Har
     assert h.source.closed
 
 
+def test_while_draining_no_write_or_dead_letter_wait_outlasts_the_drain_timeout(h: Harness) -> None:
+    h.produce(0, [driver_body(driver_id=1), b"\x09garbage"])
+    h.pipeline.step()
+    assert h.store.budgets == [] and h.dlq.timeouts == []
+    h.clock.t += 0.5
+    h.pipeline.shutdown()  # drain_timeout_s 5
+    assert len(h.store.budgets) == 1 and len(h.dlq.timeouts) == 1
+    assert 0 < h.store.budgets[0] <= 5 and 0 < h.dlq.timeouts[0] <= 5  # type: ignore[operator]
+
+
+def test_in_normal_running_writes_have_no_budget(h: Harness) -> None:
+    h.produce(0, [driver_body(driver_id=i) for i in range(4)])
+    h.steps(2)
+    assert h.store.budgets == [None]
+
+
 def test_after_a_failed_batch_is_lost_new_partitions_are_not_left_paused(h: Harness) -> None:
     """A broker restart: the batch waits out a failure, the partitions are lost and assigned again."""
     h.dlq.down = True

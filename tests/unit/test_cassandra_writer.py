@@ -1,0 +1,81 @@
+"""The Cassandra writer without Cassandra: how it reads not-applied answers (shaped as Cassandra 5 returns
+them), and how it gives up when its time budget runs out."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import numpy as np
+import pytest
+
+from consumer import guard
+from consumer.cassandra_sink import CassandraStore, _answer_rows
+from consumer.config import CassandraSettings
+from consumer.errors import StoreUnavailable
+from consumer.guard import Known, Op, Step
+from consumer.rows import NULL_MS, EncodedRows
+from tests.helpers import driver_view
+
+UPDATE = Step(Op.UPDATE_OLDER, 1000)
+T5 = datetime(1970, 1, 1, 0, 0, 5)  # the driver returns naive UTC datetimes
+
+
+def test_a_single_update_answer_is_the_row_of_its_one_feature() -> None:
+    # No key columns in a single statement's answer: only [applied] and the condition's columns.
+    answer = _answer_rows({"acc_rate": UPDATE}, [{"[applied]": False, "event_ts": T5}])
+    assert guard.learn(["acc_rate"], answer) == {"acc_rate": Known(True, 5000, None)}
+
+
+def test_a_single_update_on_a_missing_row_answers_nothing_but_applied() -> None:
+    answer = _answer_rows({"acc_rate": UPDATE}, [{"[applied]": False}])
+    assert guard.learn(["acc_rate"], answer) == {"acc_rate": guard.MISSING}
+
+
+def test_a_single_update_on_a_row_without_event_ts() -> None:
+    answer = _answer_rows({"acc_rate": UPDATE}, [{"[applied]": False, "event_ts": None}])
+    assert guard.learn(["acc_rate"], answer) == {"acc_rate": Known(True, NULL_MS, None)}
+
+
+def test_a_batch_answer_names_its_rows_and_leaves_missing_ones_out() -> None:
+    rows = [{"[applied]": False, "entity_key": "k", "feature_name": "a", "event_ts": T5, "created_ts": None}]
+    answer = _answer_rows({"a": UPDATE, "b": UPDATE}, rows)
+    assert guard.learn(["a", "b"], answer) == {"a": Known(True, 5000, NULL_MS), "b": guard.MISSING}
+
+
+class _Prepared:
+    def bind(self, params: object) -> object:
+        return params
+
+
+class _SilentSession:
+    """Accepts every request and never answers (a Cassandra node that hangs)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def prepare(self, _cql: str) -> _Prepared:
+        return _Prepared()
+
+    def execute_async(self, _request: object) -> object:
+        self.sent += 1
+
+        class Future:
+            def add_callbacks(self, callback: object, errback: object) -> None:
+                pass
+
+        return Future()
+
+
+def test_a_write_gives_up_when_its_budget_runs_out() -> None:
+    store = CassandraStore(CassandraSettings(keyspace="ks"))
+    session = _SilentSession()
+    store._session = session  # never connects: the requests go nowhere
+    view = driver_view()
+    rows = EncodedRows(["k1", "k2"], np.array([1000, 1000], dtype=np.int64), np.array([NULL_MS, NULL_MS]),
+                       {f.name: [b"", b""] for f in view.features})
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"not done within 0\.3s"):
+        store.write(view, rows, budget_s=0.3)
+    assert 0.3 <= time.monotonic() - started < 2.0
+    assert session.sent == 2
