@@ -41,34 +41,38 @@ def reindex(events: list[Event], start: int) -> list[Event]:
     return [Event(start + n, *list(e.__dict__.values())[1:]) for n, e in enumerate(events)]
 
 
-def wait_for_progress(deployment: Deployment, timeout_s: float = 60) -> None:
-    """Until the group has committed something (the consumer is mid-stream)."""
+def committed_total(deployment: Deployment) -> int:
+    return sum(r.committed or 0 for r in deployment.lag())
+
+
+def wait_for_progress(deployment: Deployment, since: int = 0, timeout_s: float = 60) -> None:
+    """Until the group's commits have moved past `since` (the consumer is mid-stream)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if any(r.committed for r in deployment.lag()):
+        if committed_total(deployment) > since:
             return
         time.sleep(0.2)
     raise AssertionError("no commit within the time allowed")
 
 
 def test_kill_9_mid_batch_several_times(deployment, reader, daemons, record_figures) -> None:
-    events = generate(entities=400, events_per_entity=6, seed=31)
+    # A backlog large enough that every kill lands while work is left (checked below, not assumed).
+    events = generate(entities=1500, events_per_entity=8, seed=31)
     where = deployment.produce(events)
     rng = random.Random(3)
-    kills = 0
-    for _ in range(4):
-        daemon = Daemon(deployment, f"k{kills}")
+    lag_at_kill: list[int] = []
+    for n in range(4):
+        daemon = Daemon(deployment, f"k{n}")
         daemons.append(daemon)
-        if kills == 0:
-            wait_for_progress(deployment)
-        else:
-            time.sleep(2.5)  # start-up and a group rejoin
-        time.sleep(rng.uniform(0.5, 2.0))  # somewhere inside a batch's writes
+        wait_for_progress(deployment, since=committed_total(deployment))  # this one has written a batch
+        time.sleep(rng.uniform(0.1, 0.6))  # somewhere inside a later batch's writes
+        lag_at_kill.append(sum(r.log_end - (r.committed or 0) for r in deployment.lag()))
         daemon.kill()
-        kills += 1
+    assert all(lag > 0 for lag in lag_at_kill), f"a kill found no work left: lag at each kill {lag_at_kill}"
     daemons.append(Daemon(deployment, "final"))
     deployment.wait_caught_up(timeout_s=180, daemons=daemons[-1:])
-    record_figures("kill -9 x4, restarts", deployment, reader, events, where, kills)
+    print(f"lag at each kill: {lag_at_kill}")
+    record_figures("kill -9 x4, restarts", deployment, reader, events, where, len(lag_at_kill))
 
 
 def test_cassandra_stopped_mid_stream(deployment, reader, daemons, running, record_figures) -> None:
@@ -105,7 +109,7 @@ def test_kafka_broker_restarted_mid_stream(deployment, reader, daemons, running,
     running.append(lambda: localstack._read_pid("kafka") or localstack.start_service("kafka"))
     time.sleep(5)
     localstack.start_service("kafka")
-    deployment._admin = None  # a client from before the restart may hold dead connections
+    deployment.close()  # a lag reader from before the restart may hold dead connections
     second = reindex(generate(entities=300, events_per_entity=3, seed=35), len(first))
     where.update(deployment.produce(second))
     deployment.wait_caught_up(timeout_s=240, daemons=daemons)
@@ -192,6 +196,7 @@ def test_dead_letter_topic_unwritable(deployment, reader, daemons, record_figure
     daemons.append(Daemon(deployment))
     time.sleep(25)  # dead letters cannot be acknowledged (the producer gives up after 15 s), and are retried
     daemons[0].assert_alive()
+    assert "cannot be written" in daemons[0].log()  # it did reach a poison record
     for row in deployment.lag():
         if row.partition in first_poison:
             assert (row.committed or 0) <= first_poison[row.partition], (row, first_poison)
