@@ -64,6 +64,12 @@ def test_runs_as_a_non_root_user_with_the_daemon_as_entrypoint() -> None:
     assert any("PYTHONDONTWRITEBYTECODE=1" in line for line in final)
 
 
+def test_docs_name_the_base_image_the_dockerfile_pins() -> None:
+    arg = re.search(r"^ARG PYTHON_IMAGE=(\S+)", DOCKERFILE.read_text(), flags=re.M)
+    assert arg
+    assert f"`{arg.group(1)}`" in (ROOT / "docs" / "deploy.md").read_text()
+
+
 def pins(path: Path) -> dict[str, str]:
     """`name==version` lines of a constraints file, by normalized name."""
     out = {}
