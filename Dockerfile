@@ -11,12 +11,18 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_ONLY_BINARY=cassandra-driver,confluent-kafka,fastavro,numpy,pandas,pyarrow
 WORKDIR /src
 RUN python -m venv /opt/feature-consumer
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt constraints-feast.txt README.md ./
 COPY consumer ./consumer
 # `parquet` brings pyarrow for `feature-consumer backfill --input *.parquet`. Feast's SDK is only needed
 # for `run --feast-repo` (docs/feast.md): build with --build-arg EXTRAS=parquet,feast for that mode.
+# Feast needs older pandas and prometheus-client than constraints.txt pins, so with the feast extra the
+# pins come from constraints-feast.txt: chosen from EXTRAS itself, there is no second argument to forget.
 ARG EXTRAS=parquet
-RUN /opt/feature-consumer/bin/pip install -c constraints.txt ".[${EXTRAS}]"
+RUN case ",${EXTRAS}," in \
+        *,feast,*) constraints="constraints-feast.txt" ;; \
+        *) constraints="constraints.txt" ;; \
+    esac \
+    && /opt/feature-consumer/bin/pip install -c "${constraints}" ".[${EXTRAS}]"
 
 FROM ${PYTHON_IMAGE}
 # A fixed numeric uid, so that `runAsNonRoot` can check it without a user database.

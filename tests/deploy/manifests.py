@@ -14,7 +14,7 @@ from typing import Any
 
 import kubernetes_validate
 import yaml
-from cloudcoil.models.keda.v1alpha1 import ScaledObject
+from cloudcoil.models.keda.v1alpha1 import ScaledObject, TriggerAuthentication
 from cloudcoil.models.prometheus_operator.v1 import PrometheusRule, ServiceMonitor
 
 from stack import tools
@@ -25,6 +25,7 @@ OVERLAYS = ["overlays/example", "overlays/example-hpa"]
 KUBERNETES_VERSION = "1.35.0"
 CUSTOM_KINDS: dict[tuple[str, str], Any] = {
     ("keda.sh/v1alpha1", "ScaledObject"): ScaledObject,
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): TriggerAuthentication,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ServiceMonitor,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PrometheusRule,
 }

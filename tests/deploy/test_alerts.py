@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from stack import tools
@@ -39,12 +40,22 @@ def test_promtool_unit_tests_show_the_alerts_firing(tmp_path: Path) -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_promtool_test_fails_when_an_alert_does_not_fire(tmp_path: Path) -> None:
-    # The check above can fail: raise the lag threshold and the expected alert goes missing.
-    path = rules_file(tmp_path)
-    path.write_text(path.read_text().replace("feature_consumer:lag_seconds:max > 300",
-                                             "feature_consumer:lag_seconds:max > 3000"))
+@pytest.mark.parametrize(("alert", "threshold", "mutated"), [
+    # A raised threshold: the expected alert goes missing.
+    ("FeatureConsumerLagHigh", "> 300", "> 3000"),
+    ("FeatureConsumerWriteFailures", "> 0.05", "> 0.5"),
+    # A lowered one: the view below the real threshold alerts as well.
+    ("FeatureConsumerWriteFailures", "> 0.05", "> 0.03"),
+])
+def test_promtool_test_fails_when_a_threshold_changes(tmp_path: Path, alert: str, threshold: str,
+                                                      mutated: str) -> None:
+    # The check above can fail.
+    groups = rule_groups()
+    rule = next(r for g in groups for r in g["rules"] if r.get("alert") == alert)
+    assert rule["expr"].count(threshold) == 1, rule["expr"]
+    rule["expr"] = rule["expr"].replace(threshold, mutated)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
     shutil.copy(HERE / "alerts_test.yaml", tmp_path / "alerts_test.yaml")
     result = promtool("test", "rules", str(tmp_path / "alerts_test.yaml"))
     assert result.returncode != 0
-    assert "FeatureConsumerLagHigh" in result.stdout + result.stderr
+    assert alert in result.stdout + result.stderr

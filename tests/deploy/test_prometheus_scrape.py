@@ -21,6 +21,9 @@ pytestmark = pytest.mark.integration
 
 SCRAPE_S = 1.0
 BATCH = 50  # records per batch, so per commit: the most one commit moves the lag
+# A daemon that stops making progress must fail the test, not hang it: 600 s lets the 40,000 records
+# drain at as little as 67 a second, so a stall trips it and a slow machine does not.
+DRAIN_DEADLINE_S = 600.0
 
 
 @pytest.fixture
@@ -52,6 +55,7 @@ def test_prometheus_reports_the_lag_kafka_reports_during_a_backlog_and_after(
 
     bootstrap, group = deployment.endpoints.bootstrap_servers, deployment.group
     rounds_with_lag = 0
+    deadline = time.monotonic() + DRAIN_DEADLINE_S
     while True:
         before = prometheus.per_partition(lag)
         kafka = localstack.consumer_group_describe(bootstrap, group)
@@ -69,6 +73,10 @@ def test_prometheus_reports_the_lag_kafka_reports_during_a_backlog_and_after(
             break
         rounds_with_lag += any(v[2] for v in kafka.values())
         daemons[0].assert_alive()
+        if time.monotonic() > deadline:
+            lags = {tp: v[2] for tp, v in kafka.items()}
+            pytest.fail(f"the backlog did not drain within {DRAIN_DEADLINE_S:.0f} s: lag per partition "
+                        f"{lags} in Kafka, {after} in Prometheus")
     assert rounds_with_lag >= 2, "the backlog drained before the comparison had anything to compare"
 
     # Drained: exactly equal, partition by partition, and the recording rule over the group agrees.
