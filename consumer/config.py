@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from consumer.batch import Limits
 from consumer.errors import ConfigError
+from consumer.redact import describe_validation_error
 from consumer.views import TOPIC, FeatureView, check_identifier, check_views, parse_views
 
 ENV_PREFIX = "FEATURE_CONSUMER_"
@@ -267,15 +268,6 @@ def _read_secret(path: Path) -> str:
         raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
 
 
-def _describe(err: ValidationError) -> str:
-    parts = []
-    for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"])
-        msg = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
-
-
 def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None,
                   feast_repo: str | Path | None = None) -> Settings:
     """Read, merge and validate the configuration; ConfigError names the offending key.
@@ -326,6 +318,6 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
     try:
         settings = Settings(**raw)
     except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
+        raise ConfigError(describe_validation_error(err)) from None
     # Views are validated on their own (errors then name the view), and attached unvalidated again.
     return settings if not views and settings.feast_repo else settings.with_views(views)

@@ -3,13 +3,19 @@ inject CQL; TLS and SASL settings reach the clients."""
 
 from __future__ import annotations
 
+import sys
+import traceback
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel, ValidationError
 
 from consumer.cassandra_sink import create_keyspace_cql, create_table_cql, quote, table_name
 from consumer.config import load_settings
 from consumer.errors import ConfigError
+from consumer.feast_repo import load_feast_repo
 from tests.helpers import ROOT, driver_view
 
 EXAMPLE = ROOT / "examples" / "driver_stats.yaml"
@@ -83,3 +89,56 @@ def test_tls_and_sasl_settings_pass_through_to_librdkafka() -> None:
         assert conf["ssl.endpoint.identification.algorithm"] == "https"
     assert consumer["fetch.max.bytes"] == 1048576
     assert "fetch.max.bytes" not in producer  # consumer-only properties stay out of the producer
+
+
+class _OnlineStore(BaseModel):
+    type: str
+    hosts: list[str]
+    password: str | None = None
+
+
+class _FeastConfigError(Exception):
+    """Like Feast's own: the ValidationError is its argument, and its text is the error's text."""
+
+    def __init__(self, error: Exception, path: Path) -> None:
+        super().__init__(error, path)
+        self.text = f"{error}\nat {path}"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _feast_that_fails_validating(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Just enough of `feast` (not installed in unit runs) for `load_feast_repo` to reach FeatureStore, which
+    validates the online store as Feast does and fails on a missing key."""
+
+    class FeatureStore:
+        def __init__(self, repo_path: str) -> None:
+            config = {"type": "cassandra", "password": "hunter2-feast"}  # `hosts` is missing
+            try:
+                _OnlineStore(**config)
+            except ValidationError as err:
+                raise _FeastConfigError(err, Path(repo_path) / "feature_store.yaml") from err
+
+    names: dict[str, dict[str, Any]] = {
+        "feast": {"FeatureStore": FeatureStore},
+        "feast.data_format": {"AvroFormat": object},
+        "feast.data_source": {"KafkaSource": object},
+    }
+    for name, attributes in names.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_a_feast_repo_that_fails_validation_is_reported_without_its_values(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "feature_store.yaml").write_text("project: p\n")
+    _feast_that_fails_validating(monkeypatch)
+    with pytest.raises(ConfigError) as caught:
+        load_feast_repo(tmp_path)
+    # Neither the message nor a printed traceback shows the values pydantic quotes...
+    shown = "".join(traceback.format_exception(caught.value))
+    assert "hunter2" not in shown and "input_value" not in shown
+    # ... but the field and what is wrong with it are named.
+    assert "Feast cannot read it: _FeastConfigError: hosts: Field required" in str(caught.value)

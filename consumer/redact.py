@@ -1,0 +1,44 @@
+"""What may be shown of text that can hold a secret: error messages and values the daemon prints or logs.
+
+Secrets of our own settings are `SecretStr` and mask themselves; these helpers cover what reaches us as
+plain text from elsewhere (a validation error quoting its input, an exception chained by a library).
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """Each failing field's location and message, never its value: pydantic's own text quotes every input
+    (`input_value=...`), which for a configuration can be a password."""
+    parts = []
+    for item in err.errors(include_input=False, include_url=False):
+        loc = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def find_validation_error(exc: BaseException) -> ValidationError | None:
+    """The ValidationError behind `exc`, if any: the exception itself, one of its arguments (Feast wraps it
+    as `FeastConfigError(err, path)`), or one it was raised from or while handling."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ValidationError):
+            return current
+        pending.extend(a for a in current.args if isinstance(a, BaseException))
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
+
+
+def describe_error(exc: BaseException) -> str:
+    """`Type: message` of an exception, with any validation error in it reduced to locations and messages."""
+    found = find_validation_error(exc)
+    detail = describe_validation_error(found) if found is not None else str(exc)
+    return f"{type(exc).__name__}: {detail}"
