@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumer.batch import Limits
@@ -145,6 +145,19 @@ class CassandraSettings(_Section):
     @classmethod
     def _keyspace(cls, value: str) -> str:
         return check_identifier(value, "keyspace")
+
+    @model_validator(mode="after")
+    def _client_key_needs_its_certificate(self) -> CassandraSettings:
+        # A key is never presented alone: the server checks the certificate it belongs to. (The certificate
+        # alone is fine: its file may hold the key too.)
+        if self.ssl_key_file and not self.ssl_cert_file:
+            raise ValueError("ssl_key_file is set without ssl_cert_file, the client certificate it belongs to")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Any ssl_* setting asks for TLS: a client certificate without a CA file must not mean plaintext."""
+        return bool(self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file)
 
 
 class RegistrySettings(_Section):

@@ -3,17 +3,19 @@ inject CQL; TLS and SASL settings reach the clients."""
 
 from __future__ import annotations
 
+import ssl
 import sys
 import traceback
 import types
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from consumer.cassandra_sink import create_keyspace_cql, create_table_cql, quote, table_name
-from consumer.config import load_settings
+from consumer.cassandra_sink import create_keyspace_cql, create_table_cql, quote, ssl_context, table_name
+from consumer.config import CassandraSettings, load_settings
 from consumer.errors import ConfigError
 from consumer.feast_repo import load_feast_repo
 from tests.helpers import ROOT, driver_view
@@ -142,3 +144,58 @@ def test_a_feast_repo_that_fails_validation_is_reported_without_its_values(tmp_p
     assert "hunter2" not in shown and "input_value" not in shown
     # ... but the field and what is wrong with it are named.
     assert "Feast cannot read it: _FeastConfigError: hosts: Field required" in str(caught.value)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate and its key, in PEM files (the certificate can serve as its own CA)."""
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "feature-consumer")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "client.pem", tmp_path / "client.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_cassandra_is_plaintext_only_without_any_ssl_setting() -> None:
+    assert ssl_context(CassandraSettings()) is None
+
+
+def test_a_cassandra_client_certificate_without_a_ca_file_still_means_tls(tmp_path: Path) -> None:
+    cert_file, key_file = _self_signed(tmp_path)
+    context = ssl_context(CassandraSettings(ssl_cert_file=str(cert_file), ssl_key_file=str(key_file)))
+    # TLS, verifying the server (against the system's CAs) and its name.
+    assert context is not None
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_a_cassandra_ca_file_is_the_one_trusted(tmp_path: Path) -> None:
+    cert_file, key_file = _self_signed(tmp_path)
+    context = ssl_context(CassandraSettings(ssl_ca_file=str(cert_file), ssl_cert_file=str(cert_file),
+                                            ssl_key_file=str(key_file)))
+    assert context is not None and context.verify_mode == ssl.CERT_REQUIRED
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "feature-consumer"),),)]
+
+
+def test_a_cassandra_key_without_its_certificate_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigError, match=r"cassandra: ssl_key_file is set without ssl_cert_file"):
+        load_settings(EXAMPLE, {"cassandra": {"ssl_key_file": "/etc/cassandra/client.key"}})
+
+
+def test_cassandra_tls_files_that_cannot_be_read_name_their_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cassandra\.ssl_cert_file .*missing\.pem: cannot load"):
+        ssl_context(CassandraSettings(ssl_cert_file=str(tmp_path / "missing.pem")))
+    with pytest.raises(ConfigError, match=r"cassandra\.ssl_ca_file .*missing\.pem: cannot load"):
+        ssl_context(CassandraSettings(ssl_ca_file=str(tmp_path / "missing.pem")))
