@@ -14,17 +14,26 @@ configuration; anything in `kafka.settings` is passed through to librdkafka unch
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumer.batch import Limits
 from consumer.errors import ConfigError
-from consumer.redact import describe_validation_error
+from consumer.redact import describe_validation_error, redact_url
 from consumer.views import TOPIC, FeatureView, check_identifier, check_views, parse_views
 
 ENV_PREFIX = "FEATURE_CONSUMER_"
@@ -161,9 +170,18 @@ class CassandraSettings(_Section):
 
 
 class RegistrySettings(_Section):
+    # May carry `user:password@`: it is shown (repr, dumps) with the password masked.
     url: str
     # `user:password` for HTTP basic authentication.
     basic_auth_user_info: SecretStr | None = None
+
+    @field_serializer("url")
+    def _shown_url(self, url: str) -> str:
+        return redact_url(url)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "url" else value
 
     def client_config(self) -> dict[str, Any]:
         if self.basic_auth_user_info is None:

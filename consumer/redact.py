@@ -6,7 +6,12 @@ plain text from elsewhere (a validation error quoting its input, an exception ch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from urllib.parse import unquote, urlsplit, urlunsplit
+
 from pydantic import ValidationError
+
+MASK = "***"
 
 
 def describe_validation_error(err: ValidationError) -> str:
@@ -42,3 +47,37 @@ def describe_error(exc: BaseException) -> str:
     found = find_validation_error(exc)
     detail = describe_validation_error(found) if found is not None else str(exc)
     return f"{type(exc).__name__}: {detail}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with the password of its userinfo masked (`https://user:***@host/...`), for display.
+
+    Confluent's registry client takes credentials in the URL, and a comma-separated list of URLs.
+    """
+    return ",".join(_redact_one(part) for part in url.split(","))
+
+
+def _redact_one(url: str) -> str:
+    userinfo, at, host = urlsplit(url).netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(urlsplit(url)._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords in a (comma-separated) URL's userinfo, as written and decoded."""
+    found = []
+    for part in url.split(","):
+        userinfo, at, _ = urlsplit(part).netloc.rpartition("@")
+        if at and ":" in userinfo:
+            password = userinfo.split(":", 1)[1]
+            found += [password, unquote(password)]
+    return [p for p in found if p]
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every occurrence of each secret masked: for messages of libraries that were given one."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text

@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from consumer.avro import RegistryClient
 from consumer.cassandra_sink import create_keyspace_cql, create_table_cql, quote, ssl_context, table_name
 from consumer.config import CassandraSettings, load_settings
-from consumer.errors import ConfigError
+from consumer.errors import ConfigError, RegistryUnavailable
 from consumer.feast_repo import load_feast_repo
+from consumer.redact import redact_url
 from tests.helpers import ROOT, driver_view
 
 EXAMPLE = ROOT / "examples" / "driver_stats.yaml"
@@ -199,3 +201,33 @@ def test_cassandra_tls_files_that_cannot_be_read_name_their_key(tmp_path: Path) 
         ssl_context(CassandraSettings(ssl_cert_file=str(tmp_path / "missing.pem")))
     with pytest.raises(ConfigError, match=r"cassandra\.ssl_ca_file .*missing\.pem: cannot load"):
         ssl_context(CassandraSettings(ssl_ca_file=str(tmp_path / "missing.pem")))
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://ingest:hunter2@registry:8081/apis", "https://ingest:***@registry:8081/apis"),
+    ("http://ingest:p%40ss:w@registry", "http://ingest:***@registry"),
+    ("http://a:hunter2@r1:8081,http://b:hunter2@r2:8081", "http://a:***@r1:8081,http://b:***@r2:8081"),
+    ("http://token@registry:8081", "http://token@registry:8081"),
+    ("http://registry:8081", "http://registry:8081"),
+])
+def test_registry_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_a_registry_url_with_credentials_is_never_shown_with_them() -> None:
+    url = "http://ingest:hunter2@127.0.0.1:8081"
+    settings = load_settings(EXAMPLE, {"schema_registry": {"url": url}})
+    assert settings.schema_registry is not None
+    assert "hunter2" not in repr(settings) + str(settings) + settings.model_dump_json()
+    assert settings.schema_registry.url == url  # the client still gets it
+    client = RegistryClient(settings.schema_registry.url)
+    assert client.url == "http://ingest:***@127.0.0.1:8081"  # what `check` prints and errors name
+
+    def fails() -> None:
+        raise OSError(f"cannot connect to {url}")  # a message that quotes the URL it was given
+
+    with pytest.raises(RegistryUnavailable) as caught:
+        client._call("schema id 1", fails)
+    assert "hunter2" not in str(caught.value)
+    assert str(caught.value) == ("schema registry at http://ingest:***@127.0.0.1:8081 unreachable for "
+                                 "schema id 1: cannot connect to http://ingest:***@127.0.0.1:8081")
