@@ -8,7 +8,8 @@ Secret. Secrets are `SecretStr`: they are never printed,
 logged or shown by `check`.
 
 `KafkaSettings.consumer_config()` / `producer_config()` are the only places that build librdkafka
-configuration; anything in `kafka.settings` is passed through to librdkafka unchanged.
+configuration; anything in `kafka.settings` is passed through to librdkafka unchanged (its secret-like
+properties are held as `SecretStr` meanwhile).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from consumer.batch import Limits
 from consumer.errors import ConfigError
-from consumer.redact import describe_validation_error, redact_url
+from consumer.redact import describe_validation_error, is_secret_property, redact_url
 from consumer.views import TOPIC, FeatureView, check_identifier, check_views, parse_views
 
 ENV_PREFIX = "FEATURE_CONSUMER_"
@@ -63,8 +64,9 @@ class KafkaSettings(_Section):
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
     ssl_key_password: SecretStr | None = None
-    # librdkafka properties passed through as they are (e.g. fetch.max.bytes).
-    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # librdkafka properties passed through as they are (e.g. fetch.max.bytes). Those holding a secret
+    # (`is_secret_property`) are kept as SecretStr, so no representation of the settings shows them.
+    settings: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
 
     @field_validator("dead_letter_topic")
     @classmethod
@@ -72,6 +74,17 @@ class KafkaSettings(_Section):
         if not TOPIC.match(value):
             raise ValueError(f"{value!r} is not a valid Kafka topic name")
         return value
+
+    @field_validator("settings")
+    @classmethod
+    def _secret_properties(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return {k: SecretStr(str(v)) if is_secret_property(k) and not isinstance(v, SecretStr) else v
+                for k, v in value.items()}
+
+    def _passthrough(self, consumer: bool) -> dict[str, Any]:
+        """`settings` as librdkafka takes them: secrets revealed, consumer-only properties only for a consumer."""
+        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                for k, v in self.settings.items() if consumer or not _consumer_only(k)}
 
     def _common(self) -> dict[str, Any]:
         conf: dict[str, Any] = {
@@ -102,18 +115,18 @@ class KafkaSettings(_Section):
             "session.timeout.ms": self.session_timeout_ms,
             "max.poll.interval.ms": self.max_poll_interval_ms,
         })
-        conf.update(self.settings)
+        conf.update(self._passthrough(consumer=True))
         return conf
 
     def producer_config(self) -> dict[str, Any]:
         conf = self._common()
         conf.update({"acks": "all", "enable.idempotence": True, "linger.ms": 5})
-        conf.update({k: v for k, v in self.settings.items() if not _consumer_only(k)})
+        conf.update(self._passthrough(consumer=False))
         return conf
 
     def admin_config(self) -> dict[str, Any]:
         conf = self._common()
-        conf.update({k: v for k, v in self.settings.items() if not _consumer_only(k)})
+        conf.update(self._passthrough(consumer=False))
         return conf
 
 

@@ -49,6 +49,19 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {detail}"
 
 
+# Parts of librdkafka property names whose values are secrets: those librdkafka itself treats as sensitive
+# (passwords, private keys and their locations, `sasl.oauthbearer.config`), and OAuth client secrets and
+# key passphrases. A path masked by mistake costs little; a secret printed once is leaked.
+_SECRET_PROPERTY_PARTS = ("password", "passphrase", "secret", "ssl.key", "ssl_key", "private.key",
+                          "sasl.oauthbearer.config")
+
+
+def is_secret_property(name: str) -> bool:
+    """Whether a librdkafka property (of `kafka.settings`) holds a secret."""
+    lowered = name.lower()
+    return any(part in lowered for part in _SECRET_PROPERTY_PARTS)
+
+
 def redact_url(url: str) -> str:
     """The URL with the password of its userinfo masked (`https://user:***@host/...`), for display.
 

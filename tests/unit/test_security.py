@@ -19,7 +19,7 @@ from consumer.cassandra_sink import create_keyspace_cql, create_table_cql, quote
 from consumer.config import CassandraSettings, load_settings
 from consumer.errors import ConfigError, RegistryUnavailable
 from consumer.feast_repo import load_feast_repo
-from consumer.redact import redact_url
+from consumer.redact import is_secret_property, redact_url
 from tests.helpers import ROOT, driver_view
 
 EXAMPLE = ROOT / "examples" / "driver_stats.yaml"
@@ -231,3 +231,57 @@ def test_a_registry_url_with_credentials_is_never_shown_with_them() -> None:
     assert "hunter2" not in str(caught.value)
     assert str(caught.value) == ("schema registry at http://ingest:***@127.0.0.1:8081 unreachable for "
                                  "schema id 1: cannot connect to http://ingest:***@127.0.0.1:8081")
+
+
+_OAUTH = {"sasl.oauthbearer.method": "oidc", "sasl.oauthbearer.client.id": "ingest",
+          "sasl.oauthbearer.client.secret": "hunter2-oauth", "ssl.key.pem": "hunter2-pem",
+          "ssl.keystore.password": "hunter2-keystore", "fetch.max.bytes": 1048576}
+
+
+def test_secret_librdkafka_properties_are_never_shown_but_reach_librdkafka() -> None:
+    settings = load_settings(EXAMPLE, {"kafka": {"settings": _OAUTH}})
+    shown = repr(settings) + str(settings) + settings.model_dump_json() + str(settings.model_dump())
+    assert "hunter2" not in shown
+    assert "'fetch.max.bytes': 1048576" in shown  # what is not secret is still shown
+    for conf in (settings.kafka.consumer_config(), settings.kafka.producer_config(), settings.kafka.admin_config()):
+        assert conf["sasl.oauthbearer.client.secret"] == "hunter2-oauth"
+        assert conf["ssl.key.pem"] == "hunter2-pem" and conf["ssl.keystore.password"] == "hunter2-keystore"
+
+
+@pytest.mark.parametrize("name", ["sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem",
+                                  "ssl_key", "sasl.oauthbearer.client.secret", "sasl.oauthbearer.config",
+                                  "sasl.oauthbearer.assertion.private.key.passphrase", "SSL.KEY.PASSWORD"])
+def test_librdkafka_properties_holding_secrets_are_recognised(name: str) -> None:
+    assert is_secret_property(name)
+    assert not is_secret_property("sasl.oauthbearer.client.id")
+    assert not is_secret_property("ssl.endpoint.identification.algorithm")
+
+
+def test_check_prints_no_secret_librdkafka_property(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import confluent_kafka.admin
+
+    from consumer import cli
+    from consumer.cassandra_sink import CassandraStore
+    from consumer.errors import StoreUnavailable
+
+    class DownAdmin:
+        def __init__(self, conf: dict[str, Any]) -> None:
+            self.conf = conf
+
+        def list_topics(self, timeout: float) -> None:
+            raise RuntimeError("broker down")
+
+    def down(self: CassandraStore) -> str:
+        raise StoreUnavailable("Cassandra does not answer")
+
+    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", DownAdmin)
+    monkeypatch.setattr(CassandraStore, "ping", down)
+    for name, value in _OAUTH.items():
+        monkeypatch.setenv(f"FEATURE_CONSUMER_KAFKA__SETTINGS__{name.upper()}", str(value))
+    caplog.set_level("DEBUG")
+    args = cli.build_parser().parse_args(["check", "--config", str(EXAMPLE)])  # not main: it sets signal handlers
+    assert cli.cmd_check(args) == 1
+    out = capsys.readouterr()
+    assert "FAIL  kafka" in out.out and "FAIL  cassandra" in out.out
+    assert "hunter2" not in out.out + out.err + caplog.text
