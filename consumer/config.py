@@ -47,6 +47,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# librdkafka properties the daemon sets itself and depends on, with why: `kafka.settings` is applied after
+# them, so it could otherwise silently break commit-after-write.
+_RESERVED_PROPERTIES = {
+    "enable.auto.commit": "the daemon commits offsets itself, only once their records' writes have an outcome",
+    "enable.auto.offset.store": "the daemon commits offsets itself, only once their records' writes have an "
+                                "outcome",
+    "partition.assignment.strategy": "the daemon's rebalance handling is built on cooperative-sticky assignment",
+    "group.id": "set kafka.group_id instead (the lag command and dead-letter headers name the group from it)",
+}
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "feature-consumer"
@@ -73,6 +84,15 @@ class KafkaSettings(_Section):
     def _topic(cls, value: str) -> str:
         if not TOPIC.match(value):
             raise ValueError(f"{value!r} is not a valid Kafka topic name")
+        return value
+
+    @field_validator("settings")
+    @classmethod
+    def _no_reserved_properties(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            why = _RESERVED_PROPERTIES.get(name.strip().lower())
+            if why is not None:
+                raise ValueError(f"{name!r} cannot be set here: {why}")
         return value
 
     @field_validator("settings")

@@ -3,6 +3,7 @@ inject CQL; TLS and SASL settings reach the clients."""
 
 from __future__ import annotations
 
+import re
 import ssl
 import sys
 import traceback
@@ -285,3 +286,14 @@ def test_check_prints_no_secret_librdkafka_property(monkeypatch: pytest.MonkeyPa
     out = capsys.readouterr()
     assert "FAIL  kafka" in out.out and "FAIL  cassandra" in out.out
     assert "hunter2" not in out.out + out.err + caplog.text
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("enable.auto.commit", "commits offsets itself"),
+    ("enable.auto.offset.store", "commits offsets itself"),
+    ("partition.assignment.strategy", "cooperative-sticky"),
+    ("group.id", "set kafka.group_id instead"),
+])
+def test_librdkafka_properties_the_commits_depend_on_cannot_be_overridden(name: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=rf"kafka\.settings: '{re.escape(name)}' cannot be set here: .*{why}"):
+        load_settings(EXAMPLE, {"kafka": {"settings": {name: "range" if "strategy" in name else "true"}}})
