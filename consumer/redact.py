@@ -71,18 +71,28 @@ def redact_url(url: str) -> str:
 
 
 def _redact_one(url: str) -> str:
-    userinfo, at, host = urlsplit(url).netloc.rpartition("@")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # Not a URL urllib can split (a broken IPv6 host): hide all that could be userinfo.
+        scheme, sep, rest = url.rpartition("://")
+        return f"{scheme}{sep}{MASK}@{rest.rpartition('@')[2]}" if "@" in rest else url
+    userinfo, at, host = parts.netloc.rpartition("@")
     if not at or ":" not in userinfo:
         return url
     user = userinfo.split(":", 1)[0]
-    return urlunsplit(urlsplit(url)._replace(netloc=f"{user}:{MASK}@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
 
 
 def url_passwords(url: str) -> list[str]:
     """The passwords in a (comma-separated) URL's userinfo, as written and decoded."""
     found = []
     for part in url.split(","):
-        userinfo, at, _ = urlsplit(part).netloc.rpartition("@")
+        try:
+            netloc = urlsplit(part).netloc
+        except ValueError:
+            netloc = part.partition("://")[2].partition("/")[0]
+        userinfo, at, _ = netloc.rpartition("@")
         if at and ":" in userinfo:
             password = userinfo.split(":", 1)[1]
             found += [password, unquote(password)]

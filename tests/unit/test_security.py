@@ -210,6 +210,7 @@ def test_cassandra_tls_files_that_cannot_be_read_name_their_key(tmp_path: Path) 
     ("http://a:hunter2@r1:8081,http://b:hunter2@r2:8081", "http://a:***@r1:8081,http://b:***@r2:8081"),
     ("http://token@registry:8081", "http://token@registry:8081"),
     ("http://registry:8081", "http://registry:8081"),
+    ("http://ingest:hunter2@[::1:8081", "http://***@[::1:8081"),  # urllib cannot split it
 ])
 def test_registry_urls_are_shown_without_their_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
