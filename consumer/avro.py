@@ -33,6 +33,7 @@ from consumer.errors import (
     SchemaMismatchError,
     UnknownSchemaError,
 )
+from consumer.redact import redact_url, scrub, url_passwords
 from consumer.views import FeatureView
 
 _OBJECT_REPR = re.compile(r"\s*(?:from\s+)?<[^<>]*object at 0x[0-9a-fA-F]+>")
@@ -282,7 +283,9 @@ class RegistryClient:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self._client = SchemaRegistryClient({"url": url, **dict(config or {})})
-        self.url = url
+        # What errors and `check` show: the URL may carry `user:password@`.
+        self.url = redact_url(url)
+        self._secrets = url_passwords(url)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -292,9 +295,14 @@ class RegistryClient:
         except SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 raise UnknownSchemaError(f"{what} is not known to the schema registry at {self.url}") from exc
-            raise RegistryUnavailable(f"schema registry at {self.url} failed for {what}: {exc}") from exc
+            raise RegistryUnavailable(f"schema registry at {self.url} failed for {what}: {self._text(exc)}") from exc
         except Exception as exc:
-            raise RegistryUnavailable(f"schema registry at {self.url} unreachable for {what}: {exc}") from exc
+            raise RegistryUnavailable(f"schema registry at {self.url} unreachable for {what}: "
+                                      f"{self._text(exc)}") from exc
+
+    def _text(self, exc: Exception) -> str:
+        # The HTTP client's message may quote the URL it was given, credentials included.
+        return scrub(str(exc), self._secrets)
 
     def schema_text(self, schema_id: int) -> str:
         schema = self._call(f"schema id {schema_id}", lambda: self._client.get_schema(schema_id))

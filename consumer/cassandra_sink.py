@@ -139,6 +139,29 @@ def _ms(value: Any) -> int | None:
     return int(value)
 
 
+def ssl_context(settings: CassandraSettings) -> ssl.SSLContext | None:
+    """The driver's TLS context, or None for plaintext.
+
+    Any ssl_* setting turns TLS on, as configuring SSL does in DataStax's Java driver; without
+    `ssl_ca_file` the server is verified against the system's CAs. The server's certificate must also name
+    the address the driver connects to (hostname checking is on). Files that cannot be loaded are a
+    configuration error naming the key, not a traceback at the first write.
+    """
+    if not settings.tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=settings.ssl_ca_file)
+    except OSError as exc:
+        raise ConfigError(f"cassandra.ssl_ca_file {settings.ssl_ca_file}: cannot load it: {exc}") from None
+    if settings.ssl_cert_file:
+        try:
+            context.load_cert_chain(settings.ssl_cert_file, settings.ssl_key_file)
+        except OSError as exc:
+            raise ConfigError(f"cassandra.ssl_cert_file {settings.ssl_cert_file}: cannot load the client "
+                              f"certificate and its key: {exc}") from None
+    return context
+
+
 class CassandraStore:
     """Guarded writes to Feast's Cassandra online store."""
 
@@ -193,10 +216,8 @@ class CassandraStore:
         if s.username:
             password = s.password.get_secret_value() if s.password else ""
             kwargs["auth_provider"] = PlainTextAuthProvider(username=s.username, password=password)
-        if s.ssl_ca_file:
-            context = ssl.create_default_context(cafile=s.ssl_ca_file)
-            if s.ssl_cert_file:
-                context.load_cert_chain(s.ssl_cert_file, s.ssl_key_file)
+        context = ssl_context(s)
+        if context is not None:
             kwargs["ssl_context"] = context
         self._cluster = Cluster(s.hosts, **kwargs)
         try:

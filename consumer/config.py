@@ -8,22 +8,33 @@ Secret. Secrets are `SecretStr`: they are never printed,
 logged or shown by `check`.
 
 `KafkaSettings.consumer_config()` / `producer_config()` are the only places that build librdkafka
-configuration; anything in `kafka.settings` is passed through to librdkafka unchanged.
+configuration; anything in `kafka.settings` is passed through to librdkafka unchanged (its secret-like
+properties are held as `SecretStr` meanwhile).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumer.batch import Limits
 from consumer.errors import ConfigError
+from consumer.redact import describe_validation_error, is_secret_property, redact_url
 from consumer.views import TOPIC, FeatureView, check_identifier, check_views, parse_views
 
 ENV_PREFIX = "FEATURE_CONSUMER_"
@@ -34,6 +45,17 @@ SerialConsistency = Literal["SERIAL", "LOCAL_SERIAL"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# librdkafka properties the daemon sets itself and depends on, with why: `kafka.settings` is applied after
+# them, so it could otherwise silently break commit-after-write.
+_RESERVED_PROPERTIES = {
+    "enable.auto.commit": "the daemon commits offsets itself, only once their records' writes have an outcome",
+    "enable.auto.offset.store": "the daemon commits offsets itself, only once their records' writes have an "
+                                "outcome",
+    "partition.assignment.strategy": "the daemon's rebalance handling is built on cooperative-sticky assignment",
+    "group.id": "set kafka.group_id instead (the lag command and dead-letter headers name the group from it)",
+}
 
 
 class KafkaSettings(_Section):
@@ -53,8 +75,9 @@ class KafkaSettings(_Section):
     ssl_certificate_location: str | None = None
     ssl_key_location: str | None = None
     ssl_key_password: SecretStr | None = None
-    # librdkafka properties passed through as they are (e.g. fetch.max.bytes).
-    settings: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # librdkafka properties passed through as they are (e.g. fetch.max.bytes). Those holding a secret
+    # (`is_secret_property`) are kept as SecretStr, so no representation of the settings shows them.
+    settings: dict[str, str | int | float | bool | SecretStr] = Field(default_factory=dict)
 
     @field_validator("dead_letter_topic")
     @classmethod
@@ -62,6 +85,26 @@ class KafkaSettings(_Section):
         if not TOPIC.match(value):
             raise ValueError(f"{value!r} is not a valid Kafka topic name")
         return value
+
+    @field_validator("settings")
+    @classmethod
+    def _no_reserved_properties(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            why = _RESERVED_PROPERTIES.get(name.strip().lower())
+            if why is not None:
+                raise ValueError(f"{name!r} cannot be set here: {why}")
+        return value
+
+    @field_validator("settings")
+    @classmethod
+    def _secret_properties(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return {k: SecretStr(str(v)) if is_secret_property(k) and not isinstance(v, SecretStr) else v
+                for k, v in value.items()}
+
+    def _passthrough(self, consumer: bool) -> dict[str, Any]:
+        """`settings` as librdkafka takes them: secrets revealed, consumer-only properties only for a consumer."""
+        return {k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                for k, v in self.settings.items() if consumer or not _consumer_only(k)}
 
     def _common(self) -> dict[str, Any]:
         conf: dict[str, Any] = {
@@ -92,18 +135,18 @@ class KafkaSettings(_Section):
             "session.timeout.ms": self.session_timeout_ms,
             "max.poll.interval.ms": self.max_poll_interval_ms,
         })
-        conf.update(self.settings)
+        conf.update(self._passthrough(consumer=True))
         return conf
 
     def producer_config(self) -> dict[str, Any]:
         conf = self._common()
         conf.update({"acks": "all", "enable.idempotence": True, "linger.ms": 5})
-        conf.update({k: v for k, v in self.settings.items() if not _consumer_only(k)})
+        conf.update(self._passthrough(consumer=False))
         return conf
 
     def admin_config(self) -> dict[str, Any]:
         conf = self._common()
-        conf.update({k: v for k, v in self.settings.items() if not _consumer_only(k)})
+        conf.update(self._passthrough(consumer=False))
         return conf
 
 
@@ -146,11 +189,33 @@ class CassandraSettings(_Section):
     def _keyspace(cls, value: str) -> str:
         return check_identifier(value, "keyspace")
 
+    @model_validator(mode="after")
+    def _client_key_needs_its_certificate(self) -> CassandraSettings:
+        # A key is never presented alone: the server checks the certificate it belongs to. (The certificate
+        # alone is fine: its file may hold the key too.)
+        if self.ssl_key_file and not self.ssl_cert_file:
+            raise ValueError("ssl_key_file is set without ssl_cert_file, the client certificate it belongs to")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Any ssl_* setting asks for TLS: a client certificate without a CA file must not mean plaintext."""
+        return bool(self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file)
+
 
 class RegistrySettings(_Section):
+    # May carry `user:password@`: it is shown (repr, dumps) with the password masked.
     url: str
     # `user:password` for HTTP basic authentication.
     basic_auth_user_info: SecretStr | None = None
+
+    @field_serializer("url")
+    def _shown_url(self, url: str) -> str:
+        return redact_url(url)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "url" else value
 
     def client_config(self) -> dict[str, Any]:
         if self.basic_auth_user_info is None:
@@ -268,15 +333,6 @@ def _read_secret(path: Path) -> str:
         raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from None
 
 
-def _describe(err: ValidationError) -> str:
-    parts = []
-    for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"])
-        msg = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
-
-
 def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None,
                   feast_repo: str | Path | None = None) -> Settings:
     """Read, merge and validate the configuration; ConfigError names the offending key.
@@ -327,6 +383,6 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
     try:
         settings = Settings(**raw)
     except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
+        raise ConfigError(describe_validation_error(err)) from None
     # Views are validated on their own (errors then name the view), and attached unvalidated again.
     return settings if not views and settings.feast_repo else settings.with_views(views)

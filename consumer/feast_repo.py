@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.errors import ConfigError
+from consumer.redact import describe_error
 from consumer.views import FeatureView, parse_views
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,11 @@ def load_feast_repo(path: str | Path) -> FeastRepo:
     try:
         store = FeatureStore(repo_path=str(repo))
         views = {fv.name: fv for fv in [*store.list_stream_feature_views(), *store.list_feature_views()]}
-    except Exception as exc:
-        raise ConfigError(f"--feast-repo {repo}: Feast cannot read it: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever Feast fails on is reported as the repo's config error
+        # Feast validates feature_store.yaml with pydantic, whose message quotes the inputs: the online
+        # store's, password included. Only locations and messages are reported, and the original is not
+        # chained, since a printed traceback would show it.
+        raise ConfigError(f"--feast-repo {repo}: Feast cannot read it: {describe_error(exc)}") from None
     config = store.config
     result = FeastRepo(project=config.project, views=[], cassandra=_online_store_settings(config.online_store))
     specs = []
