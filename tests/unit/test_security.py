@@ -151,7 +151,6 @@ def test_a_feast_repo_that_fails_validation_is_reported_without_its_values(tmp_p
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     """A certificate and its key, in PEM files (the certificate can serve as its own CA)."""
-    pytest.importorskip("cryptography")
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
