@@ -231,6 +231,9 @@ class BatchSettings(_Section):
 
     max_records: int = Field(5000, ge=1, le=1_000_000)
     max_wait_ms: int = Field(250, ge=1)
+    # Bounds the loop's buffer for large records (keys and values; librdkafka's own prefetch is bounded
+    # by queued.max.messages.kbytes).
+    max_bytes: int = Field(32 << 20, ge=1)
 
 
 class LimitsSettings(_Section):

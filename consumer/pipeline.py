@@ -134,6 +134,7 @@ class Clock:
 @dataclass
 class _State:
     buffer: list[Message] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # bytes of each buffered message (key and value)
     oldest_ms: int | None = None  # monotonic ms at which the oldest buffered message arrived
     failures: int = 0  # consecutive transient failures of the current batch
     retry_at: float = 0.0  # monotonic seconds
@@ -163,7 +164,7 @@ class Pipeline(RebalanceListener):
         self.events = events or Events()
         self.clock = clock or Clock()
         self.limits: Limits = settings.limits.limits()
-        self.policy = BatchPolicy(settings.batch.max_records, settings.batch.max_wait_ms)
+        self.policy = BatchPolicy(settings.batch.max_records, settings.batch.max_wait_ms, settings.batch.max_bytes)
         self.backoff = Backoff(settings.run.backoff_min_ms, settings.run.backoff_max_ms)
         self.state = _State()
         self._drain_deadline: float | None = None  # monotonic seconds, once shutting down
@@ -199,17 +200,32 @@ class Pipeline(RebalanceListener):
             # Waiting out a failure: partitions are paused; polling keeps the group membership alive.
             self._accept(self.source.poll(1, min(st.retry_at - now, MAX_POLL_BLOCK_S)), now_ms)
             return
-        if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):
+        if not self._due(now_ms):
             # First take what is already there without waiting (records that arrived during the last write
             # are due at once), and block only when that does not make a batch.
-            self._accept(self.source.poll(self.policy.room(len(st.buffer)), 0), now_ms)
-            if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):
+            self._accept(self.source.poll(self._room(), 0), now_ms)
+            if not self._due(now_ms):
                 timeout = min(self.policy.poll_timeout_ms(now_ms, st.oldest_ms) / 1000, MAX_POLL_BLOCK_S)
-                self._accept(self.source.poll(self.policy.room(len(st.buffer)), timeout), now_ms)
+                self._accept(self.source.poll(self._room(), timeout), now_ms)
                 now_ms = int(self.clock.monotonic() * 1000)
-                if not self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer)):
+                if not self._due(now_ms):
                     return
         self._flush()
+
+    def _due(self, now_ms: int) -> bool:
+        st = self.state
+        return self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer), sum(st.sizes))
+
+    def _room(self) -> int:
+        return self.policy.room(len(self.state.buffer), sum(self.state.sizes))
+
+    def _next_batch(self) -> list[Message]:
+        st = self.state
+        return st.buffer[: self.policy.batch_length(st.sizes)]
+
+    def _taken(self, count: int) -> None:
+        del self.state.buffer[:count]
+        del self.state.sizes[:count]
 
     def _accept(self, messages: list[Message], poll_started_ms: int) -> None:
         if not messages:
@@ -225,11 +241,12 @@ class Pipeline(RebalanceListener):
                 age_ms = int(self.clock.wall() * 1000) - created_ms
                 st.oldest_ms = min(poll_started_ms, int(self.clock.monotonic() * 1000) - max(0, age_ms))
         st.buffer.extend(messages)
+        st.sizes.extend(len(m.value() or b"") + len(m.key() or b"") for m in messages)
         self.events.received(messages)
 
     def _flush(self) -> None:
         st = self.state
-        messages = st.buffer[: self.policy.max_records]
+        messages = self._next_batch()
         try:
             self._process(messages)
         except TransientError as exc:
@@ -240,7 +257,7 @@ class Pipeline(RebalanceListener):
             self.events.failed(exc)
             self._pause()
             return
-        del st.buffer[: len(messages)]
+        self._taken(len(messages))
         st.oldest_ms = int(self.clock.monotonic() * 1000) if st.buffer else None
         st.failures = 0
         st.retry_at = 0.0
@@ -300,7 +317,9 @@ class Pipeline(RebalanceListener):
 
     def _drop(self, partitions: set[TP]) -> None:
         st = self.state
-        st.buffer = [m for m in st.buffer if (m.topic(), m.partition()) not in partitions]
+        kept = [i for i, m in enumerate(st.buffer) if (m.topic(), m.partition()) not in partitions]
+        st.buffer = [st.buffer[i] for i in kept]
+        st.sizes = [st.sizes[i] for i in kept]
         if not st.buffer:
             # Nothing waits out a failure any more: what comes next must not stay paused.
             st.oldest_ms = None
@@ -326,9 +345,9 @@ class Pipeline(RebalanceListener):
             if st.failures == 0:
                 try:
                     while st.buffer:
-                        batch = st.buffer[: self.policy.max_records]
+                        batch = self._next_batch()
                         self._process(batch)
-                        del st.buffer[: len(batch)]
+                        self._taken(len(batch))
                 except TransientError as exc:
                     log.warning("could not finish the revoked partitions' messages (%s); the next owner "
                                 "reads them again", exc)
@@ -381,5 +400,5 @@ class Pipeline(RebalanceListener):
             self._commit(dict(st.done), asynchronous=False)
         except TransientError as exc:
             log.warning("final commit failed: %s", exc)
-        st.buffer = []  # nothing is left for the revoke that leaving the group triggers
+        st.buffer, st.sizes = [], []  # nothing is left for the revoke that leaving the group triggers
         self.source.close()

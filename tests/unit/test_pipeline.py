@@ -74,6 +74,16 @@ def test_a_full_batch_is_written_then_committed(h: Harness) -> None:
     assert h.source.committed_offsets() == {P0: 4}
 
 
+def test_large_records_make_batches_bounded_in_bytes() -> None:
+    h = Harness(max_records=100)
+    h.pipeline.policy = type(h.pipeline.policy)(100, 1000, max_bytes=3 * len(driver_body(driver_id=0)))
+    h.source.rebalance("assign", [P0, P1])
+    h.produce(0, [driver_body(driver_id=i) for i in range(7)])
+    h.steps(3)
+    assert h.source.committed_offsets() == {P0: 6}  # two batches of three; the seventh is not yet due
+    assert [c[0][P0] for c in h.source.commits] == [3, 6]
+
+
 def test_a_partial_batch_waits_for_its_deadline(h: Harness) -> None:
     h.produce(0, [driver_body(driver_id=1)])
     h.pipeline.step()
