@@ -266,7 +266,8 @@ class Pipeline(RebalanceListener):
     def _process(self, messages: list[Message]) -> None:
         """decode -> write -> dead letters -> commit, for one batch. Raises TransientError."""
         batch = assemble(messages, self.decoders, self.limits, int(self.clock.wall() * 1000))
-        self.events.batch_assembled(batch)
+        if self.state.failures == 0:  # a batch sent around again is counted once
+            self.events.batch_assembled(batch)
         refused = list(batch.rejected)
         for view_batch in batch.views:
             report = self.store.write(view_batch.view, view_batch.rows, budget_s=self._time_left())
@@ -334,6 +335,7 @@ class Pipeline(RebalanceListener):
         st.assigned.update(partitions)
         if st.paused:
             self.source.pause(partitions)  # a batch is waiting out a failure: take nothing new yet
+            self.events.paused(set(partitions), True)
         log.info("assigned %s", sorted(partitions))
         self.events.assigned(partitions)
 

@@ -8,7 +8,7 @@ import pytest
 
 from consumer.avro import TopicDecoder, load_writer_schema
 from consumer.config import Settings
-from consumer.pipeline import Clock, Pipeline
+from consumer.pipeline import Clock, Events, Pipeline
 from tests.fakes import FakeClock, FakeDeadLetters, FakeSource, FakeStore
 from tests.helpers import DRIVER_SCHEMA, T0_MICROS, FakeMessage, driver_body, driver_view
 
@@ -17,7 +17,7 @@ P0, P1 = (TOPIC, 0), (TOPIC, 1)
 
 
 class Harness:
-    def __init__(self, max_records: int = 4, max_wait_ms: int = 1000) -> None:
+    def __init__(self, max_records: int = 4, max_wait_ms: int = 1000, events: Events | None = None) -> None:
         view = driver_view()
         self.settings = Settings(
             batch={"max_records": max_records, "max_wait_ms": max_wait_ms},
@@ -36,7 +36,8 @@ class Harness:
             return self.source
 
         self.pipeline = Pipeline(self.settings, decoders, self.store, self.dlq, make_source,
-                                 clock=Clock(self.clock.wall, self.clock.monotonic, self.clock.sleep))
+                                 clock=Clock(self.clock.wall, self.clock.monotonic, self.clock.sleep),
+                                 events=events)
         self.view = view
         self.offsets = {P0: 0, P1: 0}
 
@@ -117,6 +118,38 @@ def test_a_store_outage_commits_nothing_pauses_and_resumes(h: Harness) -> None:
     h.steps(3)
     assert h.source.committed_offsets() == {P0: 5}
     assert h.store.writes == 5
+
+
+class Recorder(Events):
+    def __init__(self) -> None:
+        self.assembled = 0
+        self.paused_now: set[tuple[str, int]] = set()
+
+    def batch_assembled(self, batch: Any) -> None:
+        self.assembled += 1
+
+    def paused(self, partitions: set[tuple[str, int]], paused: bool) -> None:
+        self.paused_now = self.paused_now | partitions if paused else self.paused_now - partitions
+
+
+def test_a_batch_sent_around_again_is_reported_once_and_new_partitions_show_as_paused() -> None:
+    events = Recorder()
+    h = Harness(events=events)
+    h.source.rebalance("assign", [P0])
+    h.store.down = True
+    h.produce(0, [driver_body(driver_id=i) for i in range(4)])
+    for _ in range(4):
+        h.steps(1)
+        h.clock.advance(h.pipeline.state.retry_at - h.clock.t)
+    assert events.assembled == 1 and h.pipeline.state.failures > 1
+    h.source.rebalance("assign", [P1])  # during the outage: paused at once, and reported so
+    h.steps(2)  # one more failed round, then a poll (while waiting) delivers the assignment
+    assert events.paused_now == {P0, P1} == h.source.paused
+    h.store.down = False
+    h.clock.advance(h.pipeline.state.retry_at - h.clock.t)
+    h.steps(1)
+    assert events.assembled == 1 and events.paused_now == set()
+    assert h.source.committed_offsets() == {P0: 4}
 
 
 def test_backoff_grows_while_the_store_stays_down(h: Harness) -> None:
