@@ -1,5 +1,7 @@
 # Every target sets itself up: a virtualenv in .venv, the pinned packages, and (through Maven)
-# the jars of the local stack. Prerequisites: Python 3.11+, Java 17, Maven.
+# the jars of the local stack. Prerequisites: Python 3.11+, Java 17, Maven; `make test` also needs Go
+# (kustomize is built from its module) and Debian's package tools (apt-get download, dpkg-deb) for the
+# Prometheus of the deployment tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
