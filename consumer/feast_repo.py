@@ -10,9 +10,12 @@ Every view with a `KafkaSource` whose message format is `AvroFormat` becomes a v
 if written in our config file: its project, join keys (with their value types), features (Feast
 dtypes), topic, timestamp field, created timestamp column, field mapping, the Avro schema from
 `AvroFormat.schema_json` (plain Avro bodies, as Feast's stream ingestion reads them), and the repo's
-`entity_key_serialization_version`. The Cassandra online store's settings (hosts, port, keyspace,
-credentials, local data centre, protocol) and the sources' bootstrap servers become defaults of our
-settings; the config file and the environment still override them.
+`entity_key_serialization_version`. Views without a `KafkaSource` are skipped; a `KafkaSource` in another
+format is refused, since its view expects to be fed from Kafka and skipping it would leave it unfed.
+
+The Cassandra online store's settings (hosts, port, keyspace, credentials, local data centre, protocol)
+and the sources' bootstrap servers become defaults of our settings; the config file and the environment
+still override them.
 """
 
 from __future__ import annotations
