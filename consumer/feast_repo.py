@@ -10,8 +10,10 @@ Every view with a `KafkaSource` whose message format is `AvroFormat` becomes a v
 if written in our config file: its project, join keys (with their value types), features (Feast
 dtypes), topic, timestamp field, created timestamp column, field mapping, the Avro schema from
 `AvroFormat.schema_json` (plain Avro bodies, as Feast's stream ingestion reads them), and the repo's
-`entity_key_serialization_version`. Views without a `KafkaSource` are skipped; a `KafkaSource` in another
-format is refused, since its view expects to be fed from Kafka and skipping it would leave it unfed.
+`entity_key_serialization_version`. Not the views' `ttl`: Feast's own online writers and its Cassandra
+reads ignore it too (docs/feast.md says why the daemon does). Views without a `KafkaSource` are
+skipped; a `KafkaSource` in another format is refused, since its view expects to be fed from Kafka and
+skipping it would leave it unfed.
 
 The Cassandra online store's settings (hosts, port, keyspace, credentials, local data centre, protocol)
 and the sources' bootstrap servers become defaults of our settings; the config file and the environment
