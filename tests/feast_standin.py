@@ -149,27 +149,36 @@ class Registry:
     views: list[FeatureView] = field(default_factory=list)
 
 
+class FeatureStore:
+    # What every repo holds: set by `install` (or by a process that imports a package re-exporting this).
+    registry: Registry | None = None
+
+    def __init__(self, repo_path: str) -> None:
+        assert self.registry is not None, "no stand-in registry installed"
+        self.repo_path = repo_path
+        self.config = self.registry.config
+
+    def list_stream_feature_views(self) -> list[FeatureView]:
+        assert self.registry is not None
+        return [v for v in self.registry.views if isinstance(v, StreamFeatureView)]
+
+    def list_feature_views(self) -> list[FeatureView]:
+        assert self.registry is not None
+        return [v for v in self.registry.views if not isinstance(v, StreamFeatureView)]
+
+
+MODULES: dict[str, dict[str, Any]] = {
+    "feast": {"FeatureStore": FeatureStore, "FeatureView": FeatureView, "Field": Field},
+    "feast.data_format": {"AvroFormat": AvroFormat, "JsonFormat": JsonFormat},
+    "feast.data_source": {"KafkaSource": KafkaSource, "PushSource": PushSource},
+    "feast.stream_feature_view": {"StreamFeatureView": StreamFeatureView},
+}
+
+
 def install(monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
     """Make `import feast` find this stand-in, with `registry` as what any repo holds."""
-
-    class FeatureStore:
-        def __init__(self, repo_path: str) -> None:
-            self.repo_path = repo_path
-            self.config = registry.config
-
-        def list_stream_feature_views(self) -> list[FeatureView]:
-            return [v for v in registry.views if isinstance(v, StreamFeatureView)]
-
-        def list_feature_views(self) -> list[FeatureView]:
-            return [v for v in registry.views if not isinstance(v, StreamFeatureView)]
-
-    modules: dict[str, dict[str, Any]] = {
-        "feast": {"FeatureStore": FeatureStore, "FeatureView": FeatureView, "Field": Field},
-        "feast.data_format": {"AvroFormat": AvroFormat, "JsonFormat": JsonFormat},
-        "feast.data_source": {"KafkaSource": KafkaSource, "PushSource": PushSource},
-        "feast.stream_feature_view": {"StreamFeatureView": StreamFeatureView},
-    }
-    for name, attributes in modules.items():
+    monkeypatch.setattr(FeatureStore, "registry", registry)
+    for name, attributes in MODULES.items():
         module = types.ModuleType(name)
         module.__dict__.update(attributes)
         monkeypatch.setitem(sys.modules, name, module)

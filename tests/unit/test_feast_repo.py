@@ -6,6 +6,9 @@ The end-to-end proof with Feast itself is tests/feast_compat/test_feast_serving.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +21,7 @@ from consumer.config import load_settings
 from consumer.errors import ConfigError
 from consumer.feast_repo import load_feast_repo
 from tests import feast_standin as feast
+from tests.helpers import ROOT
 
 STREAM_SCHEMA = {
     "type": "record", "name": "DriverCustomer", "namespace": "repo",
@@ -175,3 +179,50 @@ def test_the_repo_entity_key_serialization_version_is_taken(tmp_path: Path,
     # 2, not Feast's default 3: a repo still on the older key encoding must get keys in that encoding.
     views = load_feast_repo(repo(tmp_path, monkeypatch, [stream_view(), kafka_view()], key_version=2)).views
     assert [v.entity_key_serialization_version for v in views] == [2, 2]
+
+
+# Feast's `feast.metrics` does this when imported: it points prometheus-client's multiprocess mode at a
+# temporary directory of its own (unless one is set), then imports prometheus-client.
+FEAST_PACKAGE_INIT = '''
+import os, tempfile
+METRICS_DIR = tempfile.mkdtemp(prefix="feast_metrics_")
+os.environ.setdefault("PROMETHEUS_MULTIPROCESS_DIR", METRICS_DIR)
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.environ["PROMETHEUS_MULTIPROCESS_DIR"])
+import prometheus_client
+from tests.feast_standin import FeatureStore, FeatureView, Field
+'''
+PROBE = '''
+import json, os, sys
+from tests import feast_standin as feast
+from tests.unit.test_feast_repo import cassandra, kafka_view
+# The daemon's order: nothing has imported prometheus-client before the repo is read.
+assert "prometheus_client" not in sys.modules
+feast.FeatureStore.registry = feast.Registry(feast.RepoConfig("rides", cassandra()), [kafka_view()])
+from consumer.feast_repo import load_feast_repo
+load_feast_repo(sys.argv[1])
+from prometheus_client import CollectorRegistry, Counter
+Counter("probe", "a metric of ours, made after reading the repo", registry=CollectorRegistry()).inc()
+names = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+print(json.dumps({"env": {n: os.environ.get(n) for n in names},
+                  "files in Feast's directory": os.listdir(sys.modules["feast"].METRICS_DIR)}))
+'''
+
+
+def test_reading_a_repo_leaves_our_metrics_and_environment_as_they_were(tmp_path: Path) -> None:
+    package = tmp_path / "site" / "feast"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(FEAST_PACKAGE_INIT)
+    (package / "data_format.py").write_text("from tests.feast_standin import AvroFormat, JsonFormat\n")
+    (package / "data_source.py").write_text("from tests.feast_standin import KafkaSource, PushSource\n")
+    path = tmp_path / "feature_repo"
+    path.mkdir()
+    (path / "feature_store.yaml").write_text("project: rides\n")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PROMETHEUS_MULTIPROC")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), str(ROOT)])
+    env["TMPDIR"] = str(tmp_path)  # where the stand-in's "Feast" makes its directory
+    done = subprocess.run([sys.executable, "-c", PROBE, str(path)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"env": {"PROMETHEUS_MULTIPROC_DIR": None, "PROMETHEUS_MULTIPROCESS_DIR": None},
+                    "files in Feast's directory": []}
