@@ -2,7 +2,8 @@
 
 A materialization or `get_historical_features` result (parquet or CSV) is read as a push frame: one
 column per join key, the view's timestamp field, its created timestamp field (optional) and one column
-per feature. Rows go through the stream's mapping checks, coalescing and Feast encodings, and are
+per feature. A `get_historical_features` frame names things its own way, and is renamed first (see
+`push_frame`). Rows go through the stream's mapping checks, coalescing and Feast encodings, and are
 written with the same lightweight-transaction guard, so a backfill never overwrites a newer streamed
 value, and a stream never loses to an older backfilled one.
 """
@@ -63,6 +64,30 @@ def read_frame(path: Path) -> pd.DataFrame:
     raise ConfigError(f"{path}: backfill reads .parquet or .csv files")
 
 
+def push_frame(view: FeatureView, frame: pd.DataFrame, timestamp_column: str | None = None) -> pd.DataFrame:
+    """A `get_historical_features` result renamed to the view's push-frame columns.
+
+    Feast names that frame's event time after the entity frame's column (`event_timestamp` unless the
+    caller chose another: `timestamp_column` says which), prefixes each feature with `<view>__` when asked
+    for full feature names, and leaves the created timestamp out (it is then written as null). This
+    view's prefixed features lose their prefix; other views' columns stay as they are, unread.
+    """
+    renames: dict[str, str] = {}
+    if timestamp_column is not None and timestamp_column != view.timestamp_field:
+        if timestamp_column not in frame.columns:
+            raise ConfigError(f"--timestamp-column {timestamp_column!r}: the backfill file has no such column")
+        renames[timestamp_column] = view.timestamp_field
+    for feature in view.features:
+        prefixed = f"{view.name}__{feature.name}"
+        if prefixed in frame.columns:
+            renames[prefixed] = feature.name
+    # A column that would be renamed onto one already there: which of the two holds the values is unknown.
+    clashes = [f"{old!r} and {new!r}" for old, new in renames.items() if new in frame.columns and new not in renames]
+    if clashes:
+        raise ConfigError(f"view {view.name!r}: the backfill file has both {', '.join(clashes)}")
+    return frame.rename(columns=renames) if renames else frame
+
+
 def _micros(column: pd.Series) -> list[Any]:
     stamps = pd.to_datetime(column, utc=True)
     values = stamps.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").astype(np.int64).tolist()
@@ -90,7 +115,8 @@ def frame_records(view: FeatureView, frame: pd.DataFrame) -> list[dict[str, Any]
     missing = [c for c in [*(e.name for e in view.entities), view.timestamp_field, *(f.name for f in view.features)]
                if c not in frame.columns]
     if missing:
-        raise ConfigError(f"view {view.name!r}: the backfill file has no columns {missing}")
+        hint = " (--timestamp-column names the event time column)" if view.timestamp_field in missing else ""
+        raise ConfigError(f"view {view.name!r}: the backfill file has no columns {missing}{hint}")
     columns: dict[str, list[Any]] = {view.timestamp_field: _micros(frame[view.timestamp_field])}
     if view.created_timestamp_field:
         created = frame[view.created_timestamp_field] if view.created_timestamp_field in frame.columns \
@@ -131,8 +157,10 @@ def _chunks(frame: pd.DataFrame, size: int) -> Iterator[tuple[int, pd.DataFrame]
 
 def backfill(view: FeatureView, frame: pd.DataFrame, store: Store, limits: Limits, chunk_size: int = 5000,
              clock: Callable[[], float] = time.time, progress: TextIO | None = sys.stderr,
-             progress_every_s: float = 5.0) -> Summary:
-    """Write a push frame through the guard, chunk by chunk; returns what became of its rows."""
+             progress_every_s: float = 5.0, timestamp_column: str | None = None) -> Summary:
+    """Write a push frame (or a `get_historical_features` frame, see `push_frame`) through the guard, chunk
+    by chunk; returns what became of its rows."""
+    frame = push_frame(view, frame, timestamp_column)
     plan = frame_plan(view)
     summary = Summary()
     started = last_report = clock()

@@ -178,7 +178,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     frame = read_frame(Path(args.input))
     store = CassandraStore(settings.cassandra)
     try:
-        summary = backfill(view, frame, store, settings.limits.limits(), chunk_size=args.chunk_size)
+        summary = backfill(view, frame, store, settings.limits.limits(), chunk_size=args.chunk_size,
+                           timestamp_column=args.timestamp_column)
     finally:
         store.close()
     print(summary.render())
@@ -221,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     fill = command("backfill", cmd_backfill, "write offline feature rows (parquet/CSV) through the guard")
     fill.add_argument("--input", "-i", required=True, help="a .parquet or .csv push frame")
     fill.add_argument("--view", help="the feature view (needed when the config has several)")
+    fill.add_argument("--timestamp-column",
+                      help="the event time column, when not named as the view's timestamp field "
+                      "(get_historical_features names it as its entity frame did: event_timestamp by default)")
     fill.add_argument("--chunk-size", type=int, default=5000)
     lag = command("lag", cmd_lag, "print the consumer group's lag per partition")
     lag.add_argument("--group", help="another consumer group than the configured one")

@@ -10,15 +10,23 @@ Every view with a `KafkaSource` whose message format is `AvroFormat` becomes a v
 if written in our config file: its project, join keys (with their value types), features (Feast
 dtypes), topic, timestamp field, created timestamp column, field mapping, the Avro schema from
 `AvroFormat.schema_json` (plain Avro bodies, as Feast's stream ingestion reads them), and the repo's
-`entity_key_serialization_version`. The Cassandra online store's settings (hosts, port, keyspace,
-credentials, local data centre, protocol) and the sources' bootstrap servers become defaults of our
-settings; the config file and the environment still override them.
+`entity_key_serialization_version`. Not the views' `ttl`: Feast's own online writers and its Cassandra
+reads ignore it too (docs/feast.md says why the daemon does). Views without a `KafkaSource` are
+skipped; a `KafkaSource` in another format is refused, since its view expects to be fed from Kafka and
+skipping it would leave it unfed.
+
+The Cassandra online store's settings (hosts, port, keyspace, credentials, local data centre, protocol)
+and the sources' bootstrap servers become defaults of our settings; the config file and the environment
+still override them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +36,9 @@ from consumer.redact import describe_error
 from consumer.views import FeatureView, parse_views
 
 log = logging.getLogger(__name__)
+
+# prometheus-client's switches for its multiprocess mode (the lower-case one is its deprecated spelling).
+_PROMETHEUS_ENV = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
 
 
 @dataclass
@@ -56,29 +67,56 @@ def _online_store_settings(online: Any) -> dict[str, Any]:
     return out
 
 
+@contextmanager
+def _environment_kept(names: tuple[str, ...]) -> Iterator[None]:
+    """Put these environment variables back as they were, whatever the block set or removed."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _read_with_feast(repo: Path) -> tuple[Any, dict[str, Any], Any, Any]:
+    """The repo's config and views as Feast reads them, with Feast's AvroFormat and KafkaSource classes."""
+    # Feast's metrics module, once imported, points prometheus-client's multiprocess mode at a temporary
+    # directory of Feast's (deleted when the process exits) and imports prometheus-client, which decides
+    # then, once for the whole process, to keep every metric's values in files there: ours too. So
+    # prometheus-client is imported first, under our own environment, and whatever Feast set is undone,
+    # for the rest of this process and the processes it starts.
+    import prometheus_client  # noqa: F401 - imported now for that decision, used by consumer.metrics
+
+    with _environment_kept(_PROMETHEUS_ENV):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from feast import FeatureStore
+                from feast.data_format import AvroFormat
+                from feast.data_source import KafkaSource
+        except ImportError as exc:
+            raise ConfigError("--feast-repo needs Feast in this environment: "
+                              "pip install 'feature-consumer[feast]'") from exc
+        try:
+            store = FeatureStore(repo_path=str(repo))
+            views = {fv.name: fv for fv in [*store.list_stream_feature_views(), *store.list_feature_views()]}
+        except Exception as exc:  # noqa: BLE001 - whatever Feast fails on is reported as the repo's config error
+            # Feast validates feature_store.yaml with pydantic, whose message quotes the inputs: the online
+            # store's, password included. Only locations and messages are reported, and the original is not
+            # chained, since a printed traceback would show it.
+            raise ConfigError(f"--feast-repo {repo}: Feast cannot read it: {describe_error(exc)}") from None
+    return store.config, views, AvroFormat, KafkaSource
+
+
 def load_feast_repo(path: str | Path) -> FeastRepo:
     """Read a Feast feature repo; ConfigError when it cannot be read or holds what we cannot consume."""
     repo = Path(path)
     if not (repo / "feature_store.yaml").is_file():
         raise ConfigError(f"--feast-repo {repo}: no feature_store.yaml there")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from feast import FeatureStore
-            from feast.data_format import AvroFormat
-            from feast.data_source import KafkaSource
-    except ImportError as exc:
-        raise ConfigError("--feast-repo needs Feast in this environment: "
-                          "pip install 'feature-consumer[feast]'") from exc
-    try:
-        store = FeatureStore(repo_path=str(repo))
-        views = {fv.name: fv for fv in [*store.list_stream_feature_views(), *store.list_feature_views()]}
-    except Exception as exc:  # noqa: BLE001 - whatever Feast fails on is reported as the repo's config error
-        # Feast validates feature_store.yaml with pydantic, whose message quotes the inputs: the online
-        # store's, password included. Only locations and messages are reported, and the original is not
-        # chained, since a printed traceback would show it.
-        raise ConfigError(f"--feast-repo {repo}: Feast cannot read it: {describe_error(exc)}") from None
-    config = store.config
+    config, views, AvroFormat, KafkaSource = _read_with_feast(repo)
     result = FeastRepo(project=config.project, views=[], cassandra=_online_store_settings(config.online_store))
     specs = []
     for name, fv in sorted(views.items()):

@@ -1,7 +1,9 @@
 """A separate virtualenv with Feast 0.67, for tests and benchmarks that run Feast itself.
 
-The daemon never imports `feast`; this environment exists to prove compatibility: byte equality of
-encodings, and Feast serving what the daemon wrote.
+The daemon imports `feast` only in `--feast-repo` mode (the `feast` extra), to read a feature repo; the
+default install and image have no Feast. This environment proves compatibility: byte equality of
+encodings, and Feast serving what the daemon wrote, with the daemon itself installed here
+(`ensure(with_project=True)`) when it runs from a Feast repo.
 
     python -m stack.feastenv          # create it if missing, print its python
 """

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from consumer.backfill import backfill, frame_records, read_frame
+from consumer.backfill import backfill, frame_records, push_frame, read_frame
 from consumer.batch import Limits
+from consumer.cli import main
 from consumer.errors import ConfigError
 from tests.fakes import FakeStore
-from tests.helpers import driver_view
+from tests.helpers import driver_view, driver_view_spec
 from tests.workload import entity_key
 
 T = pd.Timestamp("2026-11-20T10:00:00Z")
@@ -100,3 +102,87 @@ def test_progress_is_reported() -> None:
     backfill(driver_view(), frame([1, 2, 3], [1, 1, 1], [0.1, 0.2, 0.3]), FakeStore(), Limits(max_future_ms=None),
              chunk_size=2, progress=out, progress_every_s=0)
     assert out.getvalue().splitlines()[-1].startswith("backfill driver_hourly_stats: 3/3 rows (100%)")
+
+
+# A view whose offline source stamps its rows `datetime`: get_historical_features does not keep that name.
+HISTORICAL_VIEW = driver_view(timestamp_field="datetime")
+FEATURES = ["conv_rate", "acc_rate", "avg_daily_trips"]
+
+
+def historical_frame() -> pd.DataFrame:
+    """Shaped as Feast 0.67's `get_historical_features(entity_df, features, full_feature_names=True).to_df()`
+    returns it for driver_hourly_stats (checked against Feast 0.67's file offline store): first the entity
+    frame's own columns, the join key and its time column `event_timestamp`, which Feast converts to UTC
+    and keeps in nanoseconds; then one `<view>__<feature>` column per feature, in the source's dtypes. The
+    view's own timestamp and created columns are not there. Driver 3 matched no source row within the
+    view's ttl: its features are missing, and that turns the Int64 column into float64 (NaN)."""
+    return pd.DataFrame({
+        "driver_id": np.array([1, 2, 3], dtype=np.int64),
+        "event_timestamp": pd.Series([T + pd.Timedelta(hours=h) for h in (1, 2, 3)], dtype="datetime64[ns, UTC]"),
+        "driver_hourly_stats__conv_rate": np.array([0.5, 0.25, np.nan], dtype=np.float32),
+        "driver_hourly_stats__acc_rate": np.array([0.75, 1.0, np.nan], dtype=np.float32),
+        "driver_hourly_stats__avg_daily_trips": np.array([12, 7, np.nan], dtype=np.float64),
+    })
+
+
+def found_rows(data: pd.DataFrame) -> pd.DataFrame:
+    """What docs/feast.md says to load: the rows for which Feast found values."""
+    return data.dropna(subset=[f"driver_hourly_stats__{f}" for f in FEATURES], how="all")
+
+
+def same_rows_as_a_push_frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "driver_id": [1, 2],
+        "datetime": [T + pd.Timedelta(hours=1), T + pd.Timedelta(hours=2)],
+        "conv_rate": np.array([0.5, 0.25], dtype=np.float32),
+        "acc_rate": np.array([0.75, 1.0], dtype=np.float32),
+        "avg_daily_trips": [12, 7],
+    })
+
+
+def test_a_get_historical_features_frame_stores_what_the_same_push_frame_stores() -> None:
+    from_feast, from_push = FakeStore(), FakeStore()
+    summary = backfill(HISTORICAL_VIEW, found_rows(historical_frame()), from_feast, Limits(max_future_ms=None),
+                       progress=None, timestamp_column="event_timestamp")
+    backfill(HISTORICAL_VIEW, same_rows_as_a_push_frame(), from_push, Limits(max_future_ms=None), progress=None)
+    assert (summary.read, summary.written, summary.rejected) == (2, 2, 0)
+    assert from_feast.tables == from_push.tables
+    # No created column in Feast's frame: written as null, the oldest created time.
+    cells = from_feast.read(HISTORICAL_VIEW, entity_key(1))
+    assert {(c.event_ms, c.created_ms) for c in cells.values()} == {((T + pd.Timedelta(hours=1)).value // 10**6, None)}
+
+
+def test_the_cli_takes_the_timestamp_column_and_a_parquet_file_feast_wrote(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "daemon.yaml"
+    config.write_text(yaml.safe_dump({"views": [driver_view_spec(timestamp_field="datetime")],
+                                      "limits": {"max_future_ms": None}}))
+    found_rows(historical_frame()).to_parquet(tmp_path / "history.parquet")
+    store = FakeStore()
+    monkeypatch.setattr("consumer.cassandra_sink.CassandraStore", lambda settings: store)
+    assert main(["backfill", "-c", str(config), "-i", str(tmp_path / "history.parquet"),
+                 "--timestamp-column", "event_timestamp"]) == 0
+    assert {c.event_ms for c in store.read(HISTORICAL_VIEW, entity_key(2)).values()} == \
+        {(T + pd.Timedelta(hours=2)).value // 10**6}
+
+
+def test_without_the_timestamp_column_the_error_says_which_option_names_it() -> None:
+    with pytest.raises(ConfigError, match=r"no columns \['datetime'\] \(--timestamp-column names"):
+        backfill(HISTORICAL_VIEW, historical_frame(), FakeStore(), Limits(), progress=None)
+
+
+def test_a_timestamp_column_the_file_lacks_is_named() -> None:
+    with pytest.raises(ConfigError, match="--timestamp-column 'ts': the backfill file has no such column"):
+        push_frame(HISTORICAL_VIEW, historical_frame(), "ts")
+
+
+def test_a_feature_given_both_prefixed_and_plain_is_refused() -> None:
+    data = historical_frame().assign(conv_rate=0.0)
+    with pytest.raises(ConfigError, match="has both 'driver_hourly_stats__conv_rate' and 'conv_rate'"):
+        push_frame(HISTORICAL_VIEW, data, "event_timestamp")
+
+
+def test_other_views_columns_are_left_alone() -> None:
+    data = historical_frame().assign(other_view__conv_rate=1.0)
+    renamed = push_frame(HISTORICAL_VIEW, data, "event_timestamp")
+    assert list(renamed.columns) == ["driver_id", "datetime", *FEATURES, "other_view__conv_rate"]
