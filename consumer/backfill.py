@@ -137,13 +137,15 @@ class Summary:
     written: int = 0
     stale: int = 0
     superseded: int = 0
+    empty: int = 0  # rows without any feature value, not written
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
 
     def render(self) -> str:
         lines = [f"rows read {self.read}, written {self.written}, skipped as stale {self.stale}, "
-                 f"superseded in the file {self.superseded}, rejected {self.rejected}"]
+                 f"superseded in the file {self.superseded}, without any feature value {self.empty}, "
+                 f"rejected {self.rejected}"]
         for reason, count in self.reasons.most_common():
             lines.append(f"  rejected {count}: {reason}")
         lines.extend(f"  e.g. {example}" for example in self.examples)
@@ -157,14 +159,26 @@ def _chunks(frame: pd.DataFrame, size: int) -> Iterator[tuple[int, pd.DataFrame]
 
 def backfill(view: FeatureView, frame: pd.DataFrame, store: Store, limits: Limits, chunk_size: int = 5000,
              clock: Callable[[], float] = time.time, progress: TextIO | None = sys.stderr,
-             progress_every_s: float = 5.0, timestamp_column: str | None = None) -> Summary:
+             progress_every_s: float = 5.0, timestamp_column: str | None = None,
+             keep_empty_rows: bool = False) -> Summary:
     """Write a push frame (or a `get_historical_features` frame, see `push_frame`) through the guard, chunk
-    by chunk; returns what became of its rows."""
+    by chunk; returns what became of its rows.
+
+    A row without any feature value is left out unless `keep_empty_rows`: `get_historical_features` gives
+    such a row for every entity it found nothing for, stamped with the requested time, and writing it
+    would put nulls over older real values.
+    """
     frame = push_frame(view, frame, timestamp_column)
     plan = frame_plan(view)
     summary = Summary()
+    if not keep_empty_rows:
+        present = [f.name for f in view.features if f.name in frame.columns]
+        empty = frame[present].isna().all(axis=1) if present else pd.Series(False, index=frame.index)
+        summary.empty = int(empty.sum())
+        summary.read += summary.empty
+        frame = frame[~empty.to_numpy()].reset_index(drop=True)
     started = last_report = clock()
-    total = len(frame)
+    total = len(frame) + summary.empty
     for start, chunk in _chunks(frame, chunk_size):
         records = frame_records(view, chunk)
         view_batch, bad = map_records(plan, records, limits, int(clock() * 1000))

@@ -179,7 +179,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     store = CassandraStore(settings.cassandra)
     try:
         summary = backfill(view, frame, store, settings.limits.limits(), chunk_size=args.chunk_size,
-                           timestamp_column=args.timestamp_column)
+                           timestamp_column=args.timestamp_column, keep_empty_rows=args.keep_empty_rows)
     finally:
         store.close()
     print(summary.render())
@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     fill.add_argument("--timestamp-column",
                       help="the event time column, when not named as the view's timestamp field "
                       "(get_historical_features names it as its entity frame did: event_timestamp by default)")
+    fill.add_argument("--keep-empty-rows", action="store_true",
+                      help="also write rows without any feature value (left out by default: get_historical_features "
+                      "gives one for every entity it found nothing for)")
     fill.add_argument("--chunk-size", type=int, default=5000)
     lag = command("lag", cmd_lag, "print the consumer group's lag per partition")
     lag.add_argument("--group", help="another consumer group than the configured one")

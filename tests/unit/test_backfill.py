@@ -152,6 +152,23 @@ def test_a_get_historical_features_frame_stores_what_the_same_push_frame_stores(
     assert {(c.event_ms, c.created_ms) for c in cells.values()} == {((T + pd.Timedelta(hours=1)).value // 10**6, None)}
 
 
+def test_rows_feast_found_nothing_for_are_left_out_not_written_as_nulls() -> None:
+    store = FakeStore()
+    older = backfill(HISTORICAL_VIEW, same_rows_as_a_push_frame(), store, Limits(max_future_ms=None), progress=None)
+    assert older.written == 2
+    newer = historical_frame()
+    newer["driver_id"] = [1, 2, 1]  # driver 1 again, three hours later, with nothing found
+    summary = backfill(HISTORICAL_VIEW, newer, store, Limits(max_future_ms=None), progress=None,
+                       timestamp_column="event_timestamp")
+    assert (summary.read, summary.empty, summary.rejected) == (3, 1, 0)
+    assert all(c.value != b"" for c in store.read(HISTORICAL_VIEW, entity_key(1)).values())  # no nulls over values
+    kept = backfill(HISTORICAL_VIEW, newer, store, Limits(max_future_ms=None), progress=None,
+                    timestamp_column="event_timestamp", keep_empty_rows=True)
+    # Asked for, the empty row is written (it is newer), as Feast itself would: nulls over driver 1's values.
+    assert (kept.empty, kept.written) == (0, 2)
+    assert all(c.value == b"" for c in store.read(HISTORICAL_VIEW, entity_key(1)).values())
+
+
 def test_the_cli_takes_the_timestamp_column_and_a_parquet_file_feast_wrote(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "daemon.yaml"
