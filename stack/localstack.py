@@ -129,10 +129,25 @@ def _require_maven() -> str:
     return mvn
 
 
+def _cached_classpath(out_file: Path) -> list[str] | None:
+    """The paths Maven resolved last time, if the pom has not changed since and every file is still there
+    (Maven takes seconds to say so again, and Kafka's tools are run many times per test session)."""
+    try:
+        if out_file.stat().st_mtime < POM.stat().st_mtime:
+            return None
+        paths = [p for p in out_file.read_text().strip().split(os.pathsep) if p]
+    except FileNotFoundError:
+        return None
+    return paths if paths and all(os.path.exists(p) for p in paths) else None
+
+
 def _maven_paths(profile: str) -> list[str]:
     """Resolve a profile of stack/pom.xml and return the artifact paths Maven resolved."""
-    mvn = _require_maven()
     out_file = state_dir() / f"{profile}.classpath"
+    cached = _cached_classpath(out_file)
+    if cached is not None:
+        return cached
+    mvn = _require_maven()
     out_file.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         mvn, "-q", "-B", "-f", str(POM), "-P", profile,

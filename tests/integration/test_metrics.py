@@ -54,7 +54,8 @@ def deployment(make_deployment: Callable[..., Deployment]) -> Deployment:
 def test_exported_lag_matches_consumer_group_command_during_and_after_a_backlog(deployment, daemons) -> None:
     port = free_port()
     deployment.write_config(metrics_port=port)
-    deployment.produce(generate(entities=3000, events_per_entity=1, seed=21, poison_rate=0.0))
+    # Large enough to outlast several runs of ConsumerGroupCommand (a JVM start each, seconds).
+    deployment.produce(generate(entities=6000, events_per_entity=1, seed=21, poison_rate=0.0))
     daemons.append(Daemon(deployment))
     wait_for(lambda: sum(partition_lag(scrape(port)).values()) > 0, what="a backlog in the metrics")
     compared = 0
@@ -71,6 +72,7 @@ def test_exported_lag_matches_consumer_group_command_during_and_after_a_backlog(
             compared += 1
         if sum(after.values()) == 0 and all(v[2] == 0 for v in kafka.values()):
             break
+    print(f"compared {compared} partition figures")
     assert compared >= deployment.partitions
     final = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
     assert partition_lag(scrape(port)) == {tp: 0 for tp in final}

@@ -93,3 +93,23 @@ def test_status_reports_nothing_running_in_an_empty_state_dir() -> None:
     report = localstack.status()
     assert set(report) == {"kafka", "cassandra", "registry"}
     assert not any(info["running"] for info in report.values())
+
+
+def test_a_resolved_classpath_is_reused_until_the_pom_changes_or_a_jar_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    pom, jar = tmp_path / "pom.xml", tmp_path / "a.jar"
+    pom.write_text("<project/>")
+    jar.write_text("")
+    out = tmp_path / "kafka.classpath"
+    out.write_text(str(jar))
+    monkeypatch.setattr(localstack, "POM", pom)
+    assert localstack._cached_classpath(out) == [str(jar)]
+    os.utime(pom, (time.time() + 10, time.time() + 10))  # the pom edited after the last resolution
+    assert localstack._cached_classpath(out) is None
+    os.utime(pom, (time.time() - 10, time.time() - 10))
+    jar.unlink()  # Maven's cache cleaned
+    assert localstack._cached_classpath(out) is None
+    assert localstack._cached_classpath(tmp_path / "never-resolved.classpath") is None
