@@ -13,13 +13,17 @@ process with a segmentation fault. A consumer handle owns a group handle, and re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.errors import TransientError
+
+_COORDINATOR_MOVING = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                 KafkaError.COORDINATOR_NOT_AVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -47,18 +51,27 @@ class GroupLagReader:
     def read(self, topics: Iterable[str], timeout_s: float = 15.0) -> list[PartitionLag]:
         """Lag per partition of `topics` (partitions of topics that do not exist are left out)."""
         wanted = sorted(set(topics))
-        try:
-            metadata = self._consumer.list_topics(timeout=timeout_s)
-            partitions = [TopicPartition(t, p) for t in wanted if t in metadata.topics
-                          for p in sorted(metadata.topics[t].partitions)]
-            if not partitions:
-                return []
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in self._consumer.committed(partitions, timeout=timeout_s)}
-            ends = {(tp.topic, tp.partition): self._consumer.get_watermark_offsets(
-                tp, timeout=timeout_s, cached=False)[1] for tp in partitions}
-        except KafkaException as exc:
-            raise TransientError(f"Kafka did not answer for group {self.group_id!r}: {exc}") from exc
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                metadata = self._consumer.list_topics(timeout=timeout_s)
+                partitions = [TopicPartition(t, p) for t in wanted if t in metadata.topics
+                              for p in sorted(metadata.topics[t].partitions)]
+                if not partitions:
+                    return []
+                committed = {(tp.topic, tp.partition): tp.offset
+                             for tp in self._consumer.committed(partitions, timeout=timeout_s)}
+                ends = {(tp.topic, tp.partition): self._consumer.get_watermark_offsets(
+                    tp, timeout=timeout_s, cached=False)[1] for tp in partitions}
+                break
+            except KafkaException as exc:
+                # A coordinator still loading, or moving (a group the broker has not seen, a broker just
+                # started), answers with a retriable error: ask again while there is time.
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                retry = error is not None and (error.retriable() or error.code() in _COORDINATOR_MOVING)
+                if not retry or time.monotonic() >= deadline:
+                    raise TransientError(f"Kafka did not answer for group {self.group_id!r}: {exc}") from exc
+                time.sleep(0.2)
         out = []
         for tp in partitions:
             key = (tp.topic, tp.partition)
