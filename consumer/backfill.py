@@ -171,11 +171,13 @@ def backfill(view: FeatureView, frame: pd.DataFrame, store: Store, limits: Limit
     frame = push_frame(view, frame, timestamp_column)
     plan = frame_plan(view)
     summary = Summary()
+    row_numbers = np.arange(len(frame))  # examples name rows as they are in the file
     if not keep_empty_rows:
         present = [f.name for f in view.features if f.name in frame.columns]
         empty = frame[present].isna().all(axis=1) if present else pd.Series(False, index=frame.index)
         summary.empty = int(empty.sum())
         summary.read += summary.empty
+        row_numbers = row_numbers[~empty.to_numpy()]
         frame = frame[~empty.to_numpy()].reset_index(drop=True)
     started = last_report = clock()
     total = len(frame) + summary.empty
@@ -187,7 +189,7 @@ def backfill(view: FeatureView, frame: pd.DataFrame, store: Store, limits: Limit
             summary.rejected += 1
             summary.reasons[reason.split(":")[0]] += 1
             if len(summary.examples) < 5:
-                summary.examples.append(f"row {start + index}: {reason}")
+                summary.examples.append(f"row {row_numbers[start + index]}: {reason}")
         if view_batch is not None:
             summary.superseded += view_batch.superseded
             report = store.write(view, view_batch.rows)
@@ -197,7 +199,7 @@ def backfill(view: FeatureView, frame: pd.DataFrame, store: Store, limits: Limit
                 summary.rejected += 1
                 summary.reasons["Cassandra refused the write"] += 1
                 if len(summary.examples) < 5:
-                    summary.examples.append(f"row {start + int(view_batch.positions[row])}: {reason}")
+                    summary.examples.append(f"row {row_numbers[start + int(view_batch.positions[row])]}: {reason}")
         now = clock()
         if progress is not None and (now - last_report >= progress_every_s or summary.read == total):
             rate = summary.read / max(now - started, 1e-9)

@@ -49,21 +49,13 @@ class GroupLagReader:
         self._consumer = Consumer(conf)
 
     def read(self, topics: Iterable[str], timeout_s: float = 15.0) -> list[PartitionLag]:
-        """Lag per partition of `topics` (partitions of topics that do not exist are left out)."""
+        """Lag per partition of `topics` (partitions of topics that do not exist are left out), within
+        about `timeout_s`; raises TransientError when Kafka does not answer in that time."""
         wanted = sorted(set(topics))
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                metadata = self._consumer.list_topics(timeout=timeout_s)
-                partitions = [TopicPartition(t, p) for t in wanted if t in metadata.topics
-                              for p in sorted(metadata.topics[t].partitions)]
-                if not partitions:
-                    return []
-                committed = {(tp.topic, tp.partition): tp.offset
-                             for tp in self._consumer.committed(partitions, timeout=timeout_s)}
-                ends = {(tp.topic, tp.partition): self._consumer.get_watermark_offsets(
-                    tp, timeout=timeout_s, cached=False)[1] for tp in partitions}
-                break
+                return self._read_once(wanted, deadline)
             except KafkaException as exc:
                 # A coordinator still loading, or moving (a group the broker has not seen, a broker just
                 # started), answers with a retriable error: ask again while there is time.
@@ -72,11 +64,28 @@ class GroupLagReader:
                 if not retry or time.monotonic() >= deadline:
                     raise TransientError(f"Kafka did not answer for group {self.group_id!r}: {exc}") from exc
                 time.sleep(0.2)
+            except (RuntimeError, ValueError) as exc:  # a closed handle, an unknown topic name
+                raise TransientError(f"Kafka did not answer for group {self.group_id!r}: {exc}") from exc
+
+    def _read_once(self, topics: list[str], deadline: float) -> list[PartitionLag]:
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        metadata = self._consumer.list_topics(timeout=left())
+        partitions = [TopicPartition(t, p) for t in topics if t in metadata.topics
+                      for p in sorted(metadata.topics[t].partitions)]
+        if not partitions:
+            return []
+        committed: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.committed(partitions, timeout=left()):
+            if tp.error is not None:  # this partition's answer failed: not the same as "nothing committed"
+                raise KafkaException(tp.error)
+            committed[(tp.topic, tp.partition)] = tp.offset
         out = []
         for tp in partitions:
-            key = (tp.topic, tp.partition)
-            offset = committed.get(key, -1)
-            out.append(PartitionLag(tp.topic, tp.partition, offset if offset >= 0 else None, int(ends[key])))
+            end = self._consumer.get_watermark_offsets(tp, timeout=left(), cached=False)[1]
+            offset = committed.get((tp.topic, tp.partition), -1)
+            out.append(PartitionLag(tp.topic, tp.partition, offset if offset >= 0 else None, int(end)))
         return out
 
     def close(self) -> None:

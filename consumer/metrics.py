@@ -122,9 +122,14 @@ class Metrics(Events):
                 if tp not in self.owned:
                     continue
                 kind, ts_ms = message.timestamp()
+                offset = message.offset() or 0
+                pending = self.pending.setdefault(tp, deque())
+                if pending and offset <= pending[-1][0]:
+                    # The position went back (an offset reset after the log was truncated, say): what was
+                    # read before will not be committed in order, so it no longer says anything.
+                    pending.clear()
                 # Without a Kafka timestamp, the time it was read: the lag in seconds still grows from there.
-                self.pending.setdefault(tp, deque()).append(
-                    (message.offset() or 0, ts_ms / 1000 if kind and ts_ms > 0 else now))
+                pending.append((offset, ts_ms / 1000 if kind and ts_ms > 0 else now))
 
     def batch_assembled(self, batch: Batch) -> None:
         self.m_batch_size.observe(batch.size)

@@ -76,6 +76,17 @@ def test_rejected_rows_are_counted_with_their_reason_and_the_rest_is_written() -
     assert "rejected 1: join key 'driver_id' is null" in summary.render()
 
 
+def test_rejected_rows_are_named_by_their_row_in_the_file_even_after_empty_rows() -> None:
+    data = frame([1, 2, 3, 4], [1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4])
+    for feature in FEATURES:
+        data[feature] = data[feature].astype("float64")
+    data.loc[0, FEATURES] = np.nan  # nothing found: left out
+    data.loc[2, "event_timestamp"] = pd.NaT  # rejected: the file's row 2
+    summary = run(FakeStore(), data)
+    assert (summary.read, summary.empty, summary.rejected) == (4, 1, 1)
+    assert summary.examples == ["row 2: event timestamp 'event_timestamp' is missing"]
+
+
 def test_rows_of_one_entity_in_the_file_coalesce_to_the_newest() -> None:
     store = FakeStore()
     summary = backfill(driver_view(), frame([7, 7, 7], [1, 3, 2], [0.1, 0.3, 0.2]), store,

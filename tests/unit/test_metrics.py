@@ -81,6 +81,15 @@ def test_during_a_backlog_lag_is_the_age_of_the_first_record_after_the_commit() 
     assert (sample(m, "feature_consumer_lag_offsets"), sample(m, "feature_consumer_lag_seconds")) == (0, 0)
 
 
+def test_a_position_that_goes_back_does_not_leave_records_pending_for_ever() -> None:
+    m, clock = make()
+    m.committed({TP0: 100}, clock.now)
+    m.received([TimedMessage(0, i, 1000.0) for i in range(100, 110)])
+    m.received([TimedMessage(0, i, 1001.0) for i in range(0, 50)])  # reset to the earliest offset
+    m.committed({TP0: 50}, clock.now)
+    assert len(m.pending[TP0]) == 0
+
+
 def test_before_the_record_is_read_lag_counts_from_the_last_catch_up() -> None:
     m, clock = make()
     m.committed({TP0: 5}, clock.now)
