@@ -55,6 +55,8 @@ _RESERVED_PROPERTIES = {
                                 "outcome",
     "partition.assignment.strategy": "the daemon's rebalance handling is built on cooperative-sticky assignment",
     "group.id": "set kafka.group_id instead (the lag command and dead-letter headers name the group from it)",
+    "acks": "dead letters must be acknowledged by every in-sync replica before their offsets are committed",
+    "enable.idempotence": "dead letters are produced idempotently, so a retried send does not duplicate them",
 }
 
 

@@ -293,6 +293,8 @@ def test_check_prints_no_secret_librdkafka_property(monkeypatch: pytest.MonkeyPa
     ("enable.auto.offset.store", "commits offsets itself"),
     ("partition.assignment.strategy", "cooperative-sticky"),
     ("group.id", "set kafka.group_id instead"),
+    ("acks", "acknowledged by every in-sync replica"),
+    ("enable.idempotence", "produced idempotently"),
 ])
 def test_librdkafka_properties_the_commits_depend_on_cannot_be_overridden(name: str, why: str) -> None:
     with pytest.raises(ConfigError, match=rf"kafka\.settings: '{re.escape(name)}' cannot be set here: .*{why}"):
