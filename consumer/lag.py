@@ -18,12 +18,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 
 from consumer.errors import TransientError
+from consumer.kafka_source import TP, KafkaSource
 
 _COORDINATOR_MOVING = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                                  KafkaError.COORDINATOR_NOT_AVAILABLE})
+
+
+class _NoRebalances:
+    """The reader never subscribes: no rebalance and no commit ever reaches it."""
+
+    def on_assign(self, partitions: list[TP]) -> None: ...
+    def on_revoke(self, partitions: list[TP]) -> None: ...
+    def on_lost(self, partitions: list[TP]) -> None: ...
+    def on_commit_failed(self, partitions: list[TP], reason: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -46,16 +56,15 @@ class GroupLagReader:
         # Never subscribes, so never joins the group: it only reads what the group committed.
         conf.update({"group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False})
         self.group_id = group_id
-        self._consumer = Consumer(conf)
+        self._source = KafkaSource(conf, [], _NoRebalances())
 
     def read(self, topics: Iterable[str], timeout_s: float = 15.0) -> list[PartitionLag]:
         """Lag per partition of `topics` (partitions of topics that do not exist are left out), within
         about `timeout_s`; raises TransientError when Kafka does not answer in that time."""
-        wanted = sorted(set(topics))
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return self._read_once(wanted, deadline)
+                return self._read_once(topics, deadline)
             except KafkaException as exc:
                 # A coordinator still loading, or moving (a group the broker has not seen, a broker just
                 # started), answers with a retriable error: ask again while there is time.
@@ -67,29 +76,20 @@ class GroupLagReader:
             except (RuntimeError, ValueError) as exc:  # a closed handle, an unknown topic name
                 raise TransientError(f"Kafka did not answer for group {self.group_id!r}: {exc}") from exc
 
-    def _read_once(self, topics: list[str], deadline: float) -> list[PartitionLag]:
+    def _read_once(self, topics: Iterable[str], deadline: float) -> list[PartitionLag]:
         def left() -> float:
             return max(0.1, deadline - time.monotonic())
 
-        metadata = self._consumer.list_topics(timeout=left())
-        partitions = [TopicPartition(t, p) for t in topics if t in metadata.topics
-                      for p in sorted(metadata.topics[t].partitions)]
-        if not partitions:
-            return []
-        committed: dict[tuple[str, int], int] = {}
-        for tp in self._consumer.committed(partitions, timeout=left()):
-            if tp.error is not None:  # this partition's answer failed: not the same as "nothing committed"
-                raise KafkaException(tp.error)
-            committed[(tp.topic, tp.partition)] = tp.offset
+        partitions = self._source.topic_partitions(topics, left())
+        committed = self._source.committed(partitions, left())
         out = []
         for tp in partitions:
-            end = self._consumer.get_watermark_offsets(tp, timeout=left(), cached=False)[1]
-            offset = committed.get((tp.topic, tp.partition), -1)
-            out.append(PartitionLag(tp.topic, tp.partition, offset if offset >= 0 else None, int(end)))
+            offset = committed.get(tp, -1)
+            out.append(PartitionLag(*tp, offset if offset >= 0 else None, self._source.watermarks(tp, left())[1]))
         return out
 
     def close(self) -> None:
-        self._consumer.close()
+        self._source.close()
 
     def __enter__(self) -> GroupLagReader:
         return self
