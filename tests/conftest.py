@@ -167,3 +167,12 @@ def daemons() -> Iterator[list[Daemon]]:
     yield started
     for daemon in started:
         daemon.stop_quietly()
+
+
+@pytest.fixture
+def running() -> Iterator[list[Any]]:
+    """Anything a test must undo whatever happens (a stopped service, a closed proxy)."""
+    undo: list[Any] = []
+    yield undo
+    for action in reversed(undo):
+        action()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -83,12 +83,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         with open(path, "a", encoding="utf-8") as fh:
             for f in REPORT:
                 fh.write(json.dumps(asdict(f)) + "\n")
-
-
-@pytest.fixture
-def running() -> Iterator[list[Any]]:
-    """Anything a fault test must undo whatever happens (a stopped service, a closed proxy)."""
-    undo: list[Any] = []
-    yield undo
-    for action in reversed(undo):
-        action()

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stack import localstack
 from tests.daemon import Daemon, Deployment
 from tests.helpers import free_port, wait_for
+from tests.proxy import TcpProxy
 from tests.workload import generate
 
 pytestmark = pytest.mark.integration
@@ -51,32 +52,47 @@ def deployment(make_deployment: Callable[..., Deployment]) -> Deployment:
                            extra={"metrics": {"lag_interval_s": 0.5, "stuck_after_s": 4}})
 
 
-def test_exported_lag_matches_consumer_group_command_during_and_after_a_backlog(deployment, daemons) -> None:
+def log_ends(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> dict[tuple[str, int], float]:
+    return {(dict(k)["topic"], int(dict(k)["partition"])): v
+            for k, v in metrics.get("feature_consumer_log_end_offset", {}).items()}
+
+
+def test_exported_lag_matches_consumer_group_command_during_and_after_a_backlog(deployment, daemons, running
+                                                                                ) -> None:
+    """The backlog is held in place while the figures are compared, so the comparison never races the drain:
+    Cassandra is reachable only through a proxy, which is closed while the backlog waits. Nothing can be
+    written, so nothing is committed, and nothing is produced meanwhile: every partition's lag is fixed,
+    and the exported figure must equal Kafka's own exactly."""
+    proxy = TcpProxy(deployment.endpoints.cql_host, deployment.endpoints.cql_port)
+    proxy.open()
+    running.append(proxy.close)
     port = free_port()
+    deployment.extra["cassandra"] = {"port": proxy.port}
     deployment.write_config(metrics_port=port)
-    # Large enough to outlast several runs of ConsumerGroupCommand (a JVM start each, seconds).
-    deployment.produce(generate(entities=6000, events_per_entity=1, seed=21, poison_rate=0.0))
     daemons.append(Daemon(deployment))
-    wait_for(lambda: sum(partition_lag(scrape(port)).values()) > 0, what="a backlog in the metrics")
-    compared = 0
-    while True:
-        before = partition_lag(scrape(port))
-        kafka = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
-        after = partition_lag(scrape(port))
-        # Nothing is produced meanwhile: lag only falls, so Kafka's figure lies between the two scrapes,
-        # up to what one collection interval can hide.
-        for tp, (_, _, lag) in kafka.items():
-            if lag is None or tp not in before or tp not in after:
-                continue
-            assert after[tp] - 100 <= lag <= before[tp] + 100, (tp, before[tp], lag, after[tp])
-            compared += 1
-        if sum(after.values()) == 0 and all(v[2] == 0 for v in kafka.values()):
-            break
-    print(f"compared {compared} partition figures")
-    assert compared >= deployment.partitions
+    # First some committed progress on every partition, so the held lag is measured from real commits.
+    deployment.produce(generate(entities=200, events_per_entity=1, seed=20, poison_rate=0.0))
+    deployment.wait_caught_up(daemons=daemons)
+    assert all((r.committed or 0) > 0 for r in deployment.lag()), deployment.lag()
+
+    proxy.close()
+    deployment.produce(generate(entities=6000, events_per_entity=1, seed=21, poison_rate=0.0))
+    kafka = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
+    assert len(kafka) == deployment.partitions and all(lag for _, _, lag in kafka.values()), kafka
+    # The collector has asked for the log ends since the backlog was produced (every 0.5 s here).
+    wait_for(lambda: log_ends(scrape(port)) == {tp: end for tp, (_, end, _) in kafka.items()},
+             timeout_s=30, what="the exported log end offsets to reach the produced backlog")
+    held = partition_lag(scrape(port))
+    again = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
+    assert again == kafka, "the backlog moved while it was held"
+    assert held == {tp: lag for tp, (_, _, lag) in kafka.items()}, (held, kafka)
+    daemons[0].assert_alive()
+
+    proxy.open()
+    deployment.wait_caught_up(daemons=daemons)
     final = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
-    assert partition_lag(scrape(port)) == {tp: 0 for tp in final}
     assert {tp: v[2] for tp, v in final.items()} == {tp: 0 for tp in final}
+    assert partition_lag(scrape(port)) == {tp: 0 for tp in final}
 
 
 def test_counters_and_freshness_move_as_records_flow(deployment, daemons) -> None:
