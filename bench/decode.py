@@ -31,9 +31,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from consumer.avro import RegistryClient, strip_logical_types, topic_decoders
-from consumer.batch import Limits, assemble
-from consumer.views import parse_views
+from consumer.core.views import parse_views
+from consumer.decode.assemble import Limits, assemble
+from consumer.decode.schema import RegistryClient, strip_logical_types, topic_decoders
 from stack import localstack
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -45,15 +45,15 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.app import build
-from consumer.batch import ViewBatch
-from consumer.cassandra_sink import CassandraStore, table_name
+from consumer.cassandra.writer import CassandraStore, table_name
 from consumer.config import CassandraSettings, load_settings
-from consumer.kafka_source import TP
-from consumer.lag import GroupLagReader, group_lag
+from consumer.core.store import RowStatus, WriteReport
+from consumer.core.views import FeatureView
+from consumer.decode.assemble import ViewBatch
+from consumer.feast.frame import NULL_MS
+from consumer.kafka.offsets import GroupLagReader, group_lag
+from consumer.kafka.source import TP
 from consumer.pipeline import Events
-from consumer.rows import NULL_MS
-from consumer.store import RowStatus, WriteReport
-from consumer.views import FeatureView
 from stack import feastenv, localstack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def seed_store(store: CassandraStore, view: FeatureView, keys: list[str]) -> Non
 
 
 def entity_keys(records: Sequence[Record], view: FeatureView) -> list[str]:
-    from consumer.feast_codec import entity_key_hex
+    from consumer.feast.codec import entity_key_hex
 
     ids = np.array(sorted({r.driver_id for r in records}), dtype=np.int64)
     return entity_key_hex(view.join_keys, [ids], 3)

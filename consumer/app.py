@@ -6,13 +6,13 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from consumer.avro import RegistryClient, check_registry_subjects, topic_decoders
-from consumer.cassandra_sink import CassandraStore
+from consumer.cassandra.writer import CassandraStore
 from consumer.config import Settings
-from consumer.deadletter import DeadLetterProducer
-from consumer.errors import TransientError
-from consumer.kafka_source import KafkaSource
-from consumer.metrics import HealthServer, LagCollector, Metrics
+from consumer.core.errors import TransientError
+from consumer.decode.schema import RegistryClient, check_registry_subjects, topic_decoders
+from consumer.kafka.deadletter import DeadLetterProducer
+from consumer.kafka.source import KafkaSource
+from consumer.observe.metrics import HealthServer, LagCollector, Metrics
 from consumer.pipeline import EventFanout, Events, Pipeline
 
 log = logging.getLogger(__name__)

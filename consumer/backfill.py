@@ -21,12 +21,12 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from consumer.avro import ColumnPlan, Plan
-from consumer.batch import Limits, map_records
-from consumer.dtypes import DTYPES, Dtype, Kind
-from consumer.errors import ConfigError
-from consumer.store import RowStatus, Store
-from consumer.views import FeatureView
+from consumer.core.dtypes import DTYPES, Dtype, Kind
+from consumer.core.errors import ConfigError
+from consumer.core.store import RowStatus, Store
+from consumer.core.views import FeatureView
+from consumer.decode.assemble import Limits, map_records
+from consumer.decode.schema import ColumnPlan, Plan
 
 _NATURAL_AVRO = {
     Kind.INT32: "int", Kind.INT64: "long", Kind.FLOAT32: "float", Kind.FLOAT64: "double",

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from consumer import __version__
-from consumer.errors import ConfigError, FeatureConsumerError, TransientError
+from consumer.core.errors import ConfigError, FeatureConsumerError, TransientError
 
 if TYPE_CHECKING:
     from consumer.config import Settings
@@ -44,7 +44,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _registry(settings: Settings) -> Any:
     if settings.schema_registry is None:
         return None
-    from consumer.avro import RegistryClient
+    from consumer.decode.schema import RegistryClient
 
     return RegistryClient(settings.schema_registry.url, settings.schema_registry.client_config())
 
@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_init_schema(args: argparse.Namespace) -> int:
-    from consumer.cassandra_sink import CassandraStore
+    from consumer.cassandra.writer import CassandraStore
 
     settings = _settings(args)
     store = CassandraStore(settings.cassandra)
@@ -122,7 +122,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     results.append(_check("kafka", kafka_topics))
 
     def cassandra() -> str:
-        from consumer.cassandra_sink import CassandraStore
+        from consumer.cassandra.writer import CassandraStore
 
         store = CassandraStore(settings.cassandra)
         try:
@@ -144,7 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if settings.schema_registry is not None:
         def registry() -> str:
-            from consumer.avro import check_registry_subjects
+            from consumer.decode.schema import check_registry_subjects
 
             client = _registry(settings)
             check_registry_subjects(settings.views, client)
@@ -153,7 +153,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         results.append(_check("schema registry", registry))
 
     def schemas() -> str:
-        from consumer.avro import topic_decoders
+        from consumer.decode.schema import topic_decoders
 
         topic_decoders(settings.views, _registry(settings))
         return "every view's schema source resolves against the view"
@@ -166,7 +166,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from consumer.backfill import backfill, read_frame
-    from consumer.cassandra_sink import CassandraStore
+    from consumer.cassandra.writer import CassandraStore
 
     settings = _settings(args)
     names = [v.name for v in settings.views]
@@ -187,7 +187,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    from consumer.lag import format_table, group_lag
+    from consumer.kafka.offsets import format_table, group_lag
 
     settings = _settings(args)
     group = args.group or settings.kafka.group_id

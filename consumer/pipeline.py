@@ -29,13 +29,13 @@ from typing import Protocol
 
 from confluent_kafka import Message
 
-from consumer.avro import TopicDecoder
-from consumer.batch import Batch, Limits, Rejected, ViewBatch, assemble, source_of
 from consumer.config import Settings
-from consumer.errors import TransientError, WriteRefused
-from consumer.kafka_source import TP, RebalanceListener
-from consumer.policy import Backoff, BatchPolicy
-from consumer.store import Store, WriteReport
+from consumer.core.errors import TransientError, WriteRefused
+from consumer.core.policy import Backoff, BatchPolicy
+from consumer.core.store import Store, WriteReport
+from consumer.decode.assemble import Batch, Limits, Rejected, ViewBatch, assemble, source_of
+from consumer.decode.schema import TopicDecoder
+from consumer.kafka.source import TP, RebalanceListener
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from consumer.cassandra_sink import CassandraStore  # noqa: E402
+from consumer.cassandra.writer import CassandraStore  # noqa: E402
 from consumer.config import load_settings  # noqa: E402
-from consumer.dtypes import DTYPES, ENTITY_VALUE_TYPES  # noqa: E402
-from consumer.feast_codec import decode_value, serialize_entity_key  # noqa: E402
-from consumer.lag import GroupLagReader, format_table  # noqa: E402
+from consumer.core.dtypes import DTYPES, ENTITY_VALUE_TYPES  # noqa: E402
+from consumer.feast.codec import decode_value, serialize_entity_key  # noqa: E402
+from consumer.kafka.offsets import GroupLagReader, format_table  # noqa: E402
 from stack import localstack  # noqa: E402
 
 HOUR_US = 3_600_000_000

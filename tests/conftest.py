@@ -130,7 +130,7 @@ def make_deployment(request: pytest.FixtureRequest, stack: Any, keyspace: str, t
                     ) -> Iterator[Callable[..., Deployment]]:
     """A daemon configuration with its own topics, and the view's table in the test's keyspace."""
 
-    from consumer.cassandra_sink import CassandraStore
+    from consumer.cassandra.writer import CassandraStore
     from consumer.config import CassandraSettings
 
     made: list[Deployment] = []
@@ -152,7 +152,7 @@ def make_deployment(request: pytest.FixtureRequest, stack: Any, keyspace: str, t
 
 @pytest.fixture
 def reader(stack: Any, keyspace: str) -> Iterator[Any]:
-    from consumer.cassandra_sink import CassandraStore
+    from consumer.cassandra.writer import CassandraStore
     from consumer.config import CassandraSettings
 
     store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))

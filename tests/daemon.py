@@ -17,7 +17,7 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.lag import GroupLagReader, PartitionLag
+from consumer.kafka.offsets import GroupLagReader, PartitionLag
 from stack.localstack import Endpoints
 from tests.helpers import DRIVER_SCHEMA_PATH
 from tests.workload import Event

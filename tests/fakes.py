@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from consumer.errors import StoreUnavailable
-from consumer.rows import NULL_MS, EncodedRows
-from consumer.store import RowStatus, StoredCell, WriteReport
-from consumer.views import FeatureView
+from consumer.core.errors import StoreUnavailable
+from consumer.core.store import RowStatus, StoredCell, WriteReport
+from consumer.core.views import FeatureView
+from consumer.feast.frame import NULL_MS, EncodedRows
 
 
 def cell_version(cell: StoredCell) -> tuple[int, int]:
@@ -178,7 +178,7 @@ class FakeDeadLetters:
     def send(self, rejected: list[Any], timeout_s: float | None = None) -> None:
         self.timeouts.append(timeout_s)
         if rejected and self.down:
-            from consumer.errors import DeadLetterUnavailable
+            from consumer.core.errors import DeadLetterUnavailable
 
             raise DeadLetterUnavailable("fake dead-letter topic is down")
         self.sent.extend(rejected)

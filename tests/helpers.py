@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import fastavro
 
-from consumer.avro import strip_logical_types
-from consumer.views import FeatureView
+from consumer.core.views import FeatureView
+from consumer.decode.schema import strip_logical_types
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER_SCHEMA_PATH = ROOT / "schemas" / "driver_hourly_stats.avsc"

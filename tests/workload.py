@@ -20,9 +20,9 @@ from typing import Any
 import fastavro
 import numpy as np
 
-from consumer.dtypes import DTYPES, ENTITY_VALUE_TYPES
-from consumer.feast_codec import decode_value, serialize_entity_key
-from consumer.rows import NULL_MS
+from consumer.core.dtypes import DTYPES, ENTITY_VALUE_TYPES
+from consumer.feast.codec import decode_value, serialize_entity_key
+from consumer.feast.frame import NULL_MS
 from tests.helpers import DRIVER_SCHEMA, plain_schema
 
 PARSED = fastavro.parse_schema(json.loads(json.dumps(plain_schema(DRIVER_SCHEMA))))

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.cassandra_sink import CassandraStore, table_name
+from consumer.cassandra.writer import CassandraStore, table_name
 from consumer.config import CassandraSettings
-from consumer.rows import NULL_MS, EncodedRows
-from consumer.store import RowStatus, Store, StoredCell
-from consumer.views import FeatureView
+from consumer.core.store import RowStatus, Store, StoredCell
+from consumer.core.views import FeatureView
+from consumer.feast.frame import NULL_MS, EncodedRows
 from tests.fakes import FakeStore
 from tests.helpers import driver_view
 

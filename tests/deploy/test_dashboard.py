@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from consumer.metrics import Metrics
+from consumer.observe.metrics import Metrics
 from stack import tools
 from tests.deploy.manifests import DEPLOY, rule_groups
 

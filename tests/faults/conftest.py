@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from consumer.cassandra_sink import CassandraStore
+from consumer.cassandra.writer import CassandraStore
 from tests.daemon import Deployment
 from tests.helpers import driver_view
 from tests.workload import Event, compare, expected_state

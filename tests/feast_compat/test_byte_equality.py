@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from consumer import rows
-from consumer.dtypes import DTYPES, ENTITY_VALUE_TYPES, Kind
-from consumer.views import FeatureView
+from consumer.core.dtypes import DTYPES, ENTITY_VALUE_TYPES, Kind
+from consumer.core.views import FeatureView
 
 pytestmark = pytest.mark.feast
 
@@ -83,7 +83,7 @@ def to_wire(value: Any, kind: Kind) -> Any:
 
 
 def our_column(dtype_name: str, values: list[Any]) -> pd.Series:
-    """The push-frame column the decode path builds (consumer.batch -> consumer.rows.feature_series)."""
+    """The push-frame column the decode path builds (consumer.decode.assemble -> consumer.rows.feature_series)."""
     dtype = DTYPES[dtype_name]
     nulls = np.array([v is None for v in values], dtype=np.bool_)
     if dtype.is_list:

@@ -25,7 +25,7 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.lag import GroupLagReader
+from consumer.kafka.offsets import GroupLagReader
 from stack import feastenv
 
 pytestmark = [pytest.mark.feast, pytest.mark.integration]

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from consumer.avro import TopicDecoder, build_plan, load_writer_schema
-from consumer.errors import (
+from consumer.core.errors import (
     DecodeError,
     FramingError,
     RegistryUnavailable,
     SchemaMismatchError,
     UnknownSchemaError,
 )
+from consumer.decode.schema import TopicDecoder, build_plan, load_writer_schema
 from tests.helpers import DRIVER_SCHEMA, T0_MICROS, avro_body, driver_record, driver_view, framed, plain_schema
 
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from consumer.backfill import backfill, frame_records, push_frame, read_frame
-from consumer.batch import Limits
 from consumer.cli import main
-from consumer.errors import ConfigError
+from consumer.core.errors import ConfigError
+from consumer.decode.assemble import Limits
 from tests.fakes import FakeStore
 from tests.helpers import driver_view, driver_view_spec
 from tests.workload import entity_key
@@ -44,7 +44,7 @@ def run(store: FakeStore, data: pd.DataFrame, limits: Limits | None = None):  # 
 def test_a_backfill_of_older_rows_never_overwrites_newer_streamed_values() -> None:
     store = FakeStore()
     view = driver_view()
-    from consumer.rows import EncodedRows
+    from consumer.feast.frame import EncodedRows
 
     streamed = EncodedRows([entity_key(1), entity_key(2)], np.array([T.value // 1_000_000 + 5 * 3_600_000] * 2),
                            np.array([0, 0]), {f.name: [b"stream"] * 2 for f in view.features})
@@ -187,7 +187,7 @@ def test_the_cli_takes_the_timestamp_column_and_a_parquet_file_feast_wrote(
                                       "limits": {"max_future_ms": None}}))
     found_rows(historical_frame()).to_parquet(tmp_path / "history.parquet")
     store = FakeStore()
-    monkeypatch.setattr("consumer.cassandra_sink.CassandraStore", lambda settings: store)
+    monkeypatch.setattr("consumer.cassandra.writer.CassandraStore", lambda settings: store)
     assert main(["backfill", "-c", str(config), "-i", str(tmp_path / "history.parquet"),
                  "--timestamp-column", "event_timestamp"]) == 0
     assert {c.event_ms for c in store.read(HISTORICAL_VIEW, entity_key(2)).values()} == \

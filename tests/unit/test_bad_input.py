@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.avro import TopicDecoder
-from consumer.batch import Batch, Limits, assemble
-from consumer.dtypes import DTYPES
-from consumer.feast_codec import decode_value
+from consumer.core.dtypes import DTYPES
+from consumer.decode.assemble import Batch, Limits, assemble
+from consumer.decode.schema import TopicDecoder
+from consumer.feast.codec import decode_value
 from tests.helpers import (
     DRIVER_SCHEMA,
     NOW_MS,

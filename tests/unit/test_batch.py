@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.avro import TopicDecoder, load_writer_schema
-from consumer.batch import Batch, Limits, assemble, newest_per_key
-from consumer.errors import DecodeError, FramingError, MappingError
-from consumer.rows import NULL_MS
+from consumer.core.errors import DecodeError, FramingError, MappingError
+from consumer.decode.assemble import Batch, Limits, assemble, newest_per_key
+from consumer.decode.schema import TopicDecoder, load_writer_schema
+from consumer.feast.frame import NULL_MS
 from tests.helpers import (
     DRIVER_SCHEMA,
     NOW_MS,

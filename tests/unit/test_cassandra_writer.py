@@ -9,12 +9,12 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from consumer import guard
-from consumer.cassandra_sink import CassandraStore, _answer_rows
+from consumer.cassandra.writer import CassandraStore, _answer_rows
 from consumer.config import CassandraSettings
-from consumer.errors import StoreUnavailable
-from consumer.guard import Known, Op, Step
-from consumer.rows import NULL_MS, EncodedRows
+from consumer.core import guard
+from consumer.core.errors import StoreUnavailable
+from consumer.core.guard import Known, Op, Step
+from consumer.feast.frame import NULL_MS, EncodedRows
 from tests.helpers import driver_view
 
 UPDATE = Step(Op.UPDATE_OLDER, 1000)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer import feast_codec
-from consumer.dtypes import DTYPES, Kind
+from consumer.core.dtypes import DTYPES, Kind
+from consumer.feast import codec as feast_codec
 
 
 def values_for(kind: Kind) -> st.SearchStrategy[Any]:

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from consumer.avro import topic_decoders
 from consumer.config import load_settings
-from consumer.errors import ConfigError
-from consumer.feast_repo import load_feast_repo
+from consumer.core.errors import ConfigError
+from consumer.decode.schema import topic_decoders
+from consumer.feast.repo import load_feast_repo
 from tests import feast_standin as feast
 from tests.helpers import ROOT
 
@@ -198,7 +198,7 @@ from tests.unit.test_feast_repo import cassandra, kafka_view
 # The daemon's order: nothing has imported prometheus-client before the repo is read.
 assert "prometheus_client" not in sys.modules
 feast.FeatureStore.registry = feast.Registry(feast.RepoConfig("rides", cassandra()), [kafka_view()])
-from consumer.feast_repo import load_feast_repo
+from consumer.feast.repo import load_feast_repo
 load_feast_repo(sys.argv[1])
 from prometheus_client import CollectorRegistry, Counter
 Counter("probe", "a metric of ours, made after reading the repo", registry=CollectorRegistry()).inc()

@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer import guard
-from consumer.guard import FirstGuess, Known, Op
-from consumer.rows import NULL_MS
+from consumer.core import guard
+from consumer.core.guard import FirstGuess, Known, Op
+from consumer.feast.frame import NULL_MS
 
 Row = tuple[int | None, int | None] | None  # (event_ms or None, created_ms or None) or no row
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumer.batch import ViewBatch
-from consumer.metrics import Metrics
-from consumer.rows import EncodedRows
-from consumer.store import RowStatus, WriteReport
+from consumer.core.store import RowStatus, WriteReport
+from consumer.decode.assemble import ViewBatch
+from consumer.feast.frame import EncodedRows
+from consumer.observe.metrics import Metrics
 from tests.helpers import FakeMessage, driver_view
 
 TP0 = ("t", 0)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from consumer.avro import TopicDecoder, load_writer_schema
 from consumer.config import Settings
+from consumer.decode.schema import TopicDecoder, load_writer_schema
 from consumer.pipeline import Clock, Events, Pipeline
 from tests.fakes import FakeClock, FakeDeadLetters, FakeSource, FakeStore
 from tests.helpers import DRIVER_SCHEMA, T0_MICROS, FakeMessage, driver_body, driver_view
@@ -54,8 +54,8 @@ class Harness:
             self.pipeline.step()
 
     def stored(self, driver_id: int) -> dict[str, Any]:
-        from consumer.dtypes import ENTITY_VALUE_TYPES
-        from consumer.feast_codec import serialize_entity_key
+        from consumer.core.dtypes import ENTITY_VALUE_TYPES
+        from consumer.feast.codec import serialize_entity_key
 
         key = serialize_entity_key([("driver_id", ENTITY_VALUE_TYPES["INT64"], driver_id)]).hex()
         return self.store.read(self.view, key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.policy import Backoff, BatchPolicy
+from consumer.core.policy import Backoff, BatchPolicy
 
 policies = st.builds(BatchPolicy, st.integers(1, 50), st.integers(1, 1000), st.integers(1, 10_000))
 

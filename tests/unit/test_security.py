@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from consumer.avro import RegistryClient
-from consumer.cassandra_sink import create_keyspace_cql, create_table_cql, quote, ssl_context, table_name
+from consumer.cassandra.writer import create_keyspace_cql, create_table_cql, quote, ssl_context, table_name
 from consumer.config import CassandraSettings, load_settings
-from consumer.errors import ConfigError, RegistryUnavailable
-from consumer.feast_repo import load_feast_repo
-from consumer.redact import is_secret_property, redact_url
+from consumer.core.errors import ConfigError, RegistryUnavailable
+from consumer.core.redact import is_secret_property, redact_url
+from consumer.decode.schema import RegistryClient
+from consumer.feast.repo import load_feast_repo
 from tests.helpers import ROOT, driver_view
 
 EXAMPLE = ROOT / "examples" / "driver_stats.yaml"
@@ -263,8 +263,8 @@ def test_check_prints_no_secret_librdkafka_property(monkeypatch: pytest.MonkeyPa
     import confluent_kafka.admin
 
     from consumer import cli
-    from consumer.cassandra_sink import CassandraStore
-    from consumer.errors import StoreUnavailable
+    from consumer.cassandra.writer import CassandraStore
+    from consumer.core.errors import StoreUnavailable
 
     class DownAdmin:
         def __init__(self, conf: dict[str, Any]) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from consumer.avro import topic_decoders
 from consumer.config import load_settings
-from consumer.errors import ConfigError
-from consumer.views import parse_views
+from consumer.core.errors import ConfigError
+from consumer.core.views import parse_views
+from consumer.decode.schema import topic_decoders
 from tests.helpers import DRIVER_SCHEMA, ROOT, driver_view_spec
 
 spec = driver_view_spec

@@ -32,10 +32,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from consumer.batch import Limits
-from consumer.errors import ConfigError
-from consumer.redact import describe_validation_error, is_secret_property, redact_url
-from consumer.views import TOPIC, FeatureView, check_identifier, check_views, parse_views
+from consumer.core.errors import ConfigError
+from consumer.core.redact import describe_validation_error, is_secret_property, redact_url
+from consumer.core.views import TOPIC, FeatureView, check_identifier, check_views, parse_views
+from consumer.decode.assemble import Limits
 
 ENV_PREFIX = "FEATURE_CONSUMER_"
 
@@ -368,7 +368,7 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
     views = parse_views(views_raw, base_dir=base)
     repo_path = feast_repo or raw.get("feast_repo")
     if repo_path:
-        from consumer.feast_repo import load_feast_repo
+        from consumer.feast.repo import load_feast_repo
 
         repo_path = Path(repo_path) if Path(repo_path).is_absolute() or feast_repo else base / repo_path
         repo = load_feast_repo(repo_path)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from consumer.dtypes import Dtype, Kind, ValueType
+from consumer.core.dtypes import Dtype, Kind, ValueType
 
 BoolArray = npt.NDArray[np.bool_]
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumer.errors import TransientError
+from consumer.core.errors import TransientError
 
 log = logging.getLogger(__name__)
 

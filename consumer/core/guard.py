@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.rows import NULL_MS
+from consumer.feast.frame import NULL_MS
 
 Version = tuple[int, int]  # (event_ms, created_ms); created_ms is NULL_MS when missing
 

@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from consumer import feast_codec
-from consumer.dtypes import Dtype, Kind
-from consumer.views import FeatureView
+from consumer.core.dtypes import Dtype, Kind
+from consumer.core.views import FeatureView
+from consumer.feast import codec as feast_codec
 
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]

@@ -21,12 +21,12 @@ import numpy.typing as npt
 import pandas as pd
 from fastavro import schemaless_reader
 
-from consumer import rows as rowmod
-from consumer.avro import HEADER_SIZE, ColumnPlan, Plan, TopicDecoder
-from consumer.dtypes import Kind
-from consumer.errors import FramingError, MappingError, RecordError, Source
-from consumer.rows import NULL_MS, EncodedRows
-from consumer.views import FeatureView
+from consumer.core.dtypes import Kind
+from consumer.core.errors import FramingError, MappingError, RecordError, Source
+from consumer.core.views import FeatureView
+from consumer.decode.schema import HEADER_SIZE, ColumnPlan, Plan, TopicDecoder
+from consumer.feast import frame as rowmod
+from consumer.feast.frame import NULL_MS, EncodedRows
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

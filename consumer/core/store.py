@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from consumer.rows import EncodedRows
-from consumer.views import FeatureView
+from consumer.core.views import FeatureView
+from consumer.feast.frame import EncodedRows
 
 
 class RowStatus(enum.Enum):

@@ -32,11 +32,11 @@ from confluent_kafka import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from consumer.batch import Batch, Rejected, ViewBatch
-from consumer.errors import TransientError
-from consumer.kafka_source import TP
+from consumer.core.errors import TransientError
+from consumer.core.store import RowStatus, WriteReport
+from consumer.decode.assemble import Batch, Rejected, ViewBatch
+from consumer.kafka.source import TP
 from consumer.pipeline import Events
-from consumer.store import RowStatus, WriteReport
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from consumer.batch import Rejected
-from consumer.errors import DeadLetterUnavailable
+from consumer.core.errors import DeadLetterUnavailable
+from consumer.decode.assemble import Rejected
 
 HEADER_PREFIX = "x-dead-letter-"
 

@@ -30,13 +30,13 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from consumer import guard
 from consumer.config import CassandraSettings
-from consumer.errors import ConfigError, StoreUnavailable
-from consumer.guard import FirstGuess, Known, Op, Step, Version
-from consumer.rows import NULL_MS, EncodedRows
-from consumer.store import RowStatus, StoredCell, WriteReport
-from consumer.views import FeatureView, check_identifier
+from consumer.core import guard
+from consumer.core.errors import ConfigError, StoreUnavailable
+from consumer.core.guard import FirstGuess, Known, Op, Step, Version
+from consumer.core.store import RowStatus, StoredCell, WriteReport
+from consumer.core.views import FeatureView, check_identifier
+from consumer.feast.frame import NULL_MS, EncodedRows
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 
-from consumer.errors import TransientError
-from consumer.kafka_source import TP, KafkaSource
+from consumer.core.errors import TransientError
+from consumer.kafka.source import TP, KafkaSource
 
 _COORDINATOR_MOVING = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                                  KafkaError.COORDINATOR_NOT_AVAILABLE})

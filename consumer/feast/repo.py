@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumer.errors import ConfigError
-from consumer.redact import describe_error
-from consumer.views import FeatureView, parse_views
+from consumer.core.errors import ConfigError
+from consumer.core.redact import describe_error
+from consumer.core.views import FeatureView, parse_views
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _read_with_feast(repo: Path) -> tuple[Any, dict[str, Any], Any, Any]:
     # then, once for the whole process, to keep every metric's values in files there: ours too. So
     # prometheus-client is imported first, under our own environment, and whatever Feast set is undone,
     # for the rest of this process and the processes it starts.
-    import prometheus_client  # noqa: F401 - imported now for that decision, used by consumer.metrics
+    import prometheus_client  # noqa: F401 - imported now for that decision, used by consumer.observe.metrics
 
     with _environment_kept(_PROMETHEUS_ENV):
         try:

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from consumer.dtypes import Dtype, parse_dtype, parse_entity_type
-from consumer.errors import ConfigError
+from consumer.core.dtypes import Dtype, parse_dtype, parse_entity_type
+from consumer.core.errors import ConfigError
 
 # Names that end up in CQL identifiers (keyspace, table) or in Feast: letters, digits, underscores.
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import fastavro
 from fastavro import schemaless_reader
 
-from consumer.dtypes import DTYPES, Dtype, Kind
-from consumer.errors import (
+from consumer.core.dtypes import DTYPES, Dtype, Kind
+from consumer.core.errors import (
     ConfigError,
     DecodeError,
     FramingError,
@@ -33,8 +33,8 @@ from consumer.errors import (
     SchemaMismatchError,
     UnknownSchemaError,
 )
-from consumer.redact import redact_url, scrub, url_passwords
-from consumer.views import FeatureView
+from consumer.core.redact import redact_url, scrub, url_passwords
+from consumer.core.views import FeatureView
 
 _OBJECT_REPR = re.compile(r"\s*(?:from\s+)?<[^<>]*object at 0x[0-9a-fA-F]+>")
 
