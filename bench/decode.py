@@ -31,8 +31,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from consumer.core.policy import Limits
 from consumer.core.views import parse_views
-from consumer.decode.assemble import Limits, assemble
+from consumer.decode.assemble import assemble
 from consumer.decode.schema import RegistryClient, strip_logical_types, topic_decoders
 from stack import localstack
 

@@ -47,10 +47,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from consumer.app import build
 from consumer.cassandra.writer import CassandraStore, table_name
 from consumer.config import CassandraSettings, load_settings
+from consumer.core.guard import NULL_MS
 from consumer.core.store import RowStatus, WriteReport
 from consumer.core.views import FeatureView
 from consumer.decode.assemble import ViewBatch
-from consumer.feast.frame import NULL_MS
 from consumer.kafka.offsets import GroupLagReader, group_lag
 from consumer.kafka.source import TP
 from consumer.pipeline import Events

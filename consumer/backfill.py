@@ -23,9 +23,10 @@ import pandas as pd
 
 from consumer.core.dtypes import DTYPES, Dtype, Kind
 from consumer.core.errors import ConfigError
+from consumer.core.policy import Limits
 from consumer.core.store import RowStatus, Store
 from consumer.core.views import FeatureView
-from consumer.decode.assemble import Limits, map_records
+from consumer.decode.assemble import map_records
 from consumer.decode.schema import ColumnPlan, Plan
 
 _NATURAL_AVRO = {

@@ -31,9 +31,9 @@ from confluent_kafka import Message
 
 from consumer.config import Settings
 from consumer.core.errors import TransientError, WriteRefused
-from consumer.core.policy import Backoff, BatchPolicy
+from consumer.core.policy import Backoff, BatchPolicy, Limits
 from consumer.core.store import Store, WriteReport
-from consumer.decode.assemble import Batch, Limits, Rejected, ViewBatch, assemble, source_of
+from consumer.decode.assemble import Batch, Rejected, ViewBatch, assemble, source_of
 from consumer.decode.schema import TopicDecoder
 from consumer.kafka.source import TP, RebalanceListener
 

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from consumer.core.errors import StoreUnavailable
-from consumer.core.store import RowStatus, StoredCell, WriteReport
+from consumer.core.guard import NULL_MS
+from consumer.core.store import EncodedRows, RowStatus, StoredCell, WriteReport
 from consumer.core.views import FeatureView
-from consumer.feast.frame import NULL_MS, EncodedRows
 
 
 def cell_version(cell: StoredCell) -> tuple[int, int]:

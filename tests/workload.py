@@ -21,8 +21,8 @@ import fastavro
 import numpy as np
 
 from consumer.core.dtypes import DTYPES, ENTITY_VALUE_TYPES
+from consumer.core.guard import NULL_MS
 from consumer.feast.codec import decode_value, serialize_entity_key
-from consumer.feast.frame import NULL_MS
 from tests.helpers import DRIVER_SCHEMA, plain_schema
 
 PARSED = fastavro.parse_schema(json.loads(json.dumps(plain_schema(DRIVER_SCHEMA))))

@@ -32,11 +32,10 @@ from cachetools import LRUCache
 
 from consumer.config import CassandraSettings
 from consumer.core import guard
-from consumer.core.errors import ConfigError, StoreUnavailable
-from consumer.core.guard import FirstGuess, Known, Op, Step, Version
-from consumer.core.store import RowStatus, StoredCell, WriteReport
+from consumer.core.errors import ConfigError, StoreMisconfigured, StoreUnavailable
+from consumer.core.guard import NULL_MS, FirstGuess, Known, Op, Step, Version
+from consumer.core.store import EncodedRows, RowStatus, StoredCell, WriteReport
 from consumer.core.views import FeatureView, check_identifier
-from consumer.feast.frame import NULL_MS, EncodedRows
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +43,6 @@ _EPOCH = datetime(1970, 1, 1)
 _MS = timedelta(milliseconds=1)
 MAX_ROUNDS = 8
 MAX_RETRIES = 6
-
-
-class StoreMisconfigured(ConfigError):
-    """Cassandra refuses the writes for a reason no retry fixes (missing table, credentials)."""
 
 
 # --------------------------------------------------------------------------- DDL (Feast's layout)

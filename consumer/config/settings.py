@@ -33,9 +33,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from consumer.core.errors import ConfigError
+from consumer.core.policy import Limits
 from consumer.core.redact import describe_validation_error, is_secret_property, redact_url
 from consumer.core.views import TOPIC, FeatureView, check_identifier, check_views, parse_views
-from consumer.decode.assemble import Limits
 
 ENV_PREFIX = "FEATURE_CONSUMER_"
 

@@ -78,6 +78,10 @@ class WriteRefused(RecordError):
     """The online store refused this entity's write for a reason retrying does not fix."""
 
 
+class StoreMisconfigured(ConfigError):
+    """Cassandra refuses the writes for a reason no retry fixes (a missing table, refused credentials)."""
+
+
 class TransientError(FeatureConsumerError):
     """A dependency is unavailable or slow; retry later, commit nothing past the affected records."""
 

@@ -35,7 +35,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from consumer.feast.frame import NULL_MS
+# A missing created time: below every real time (the int64 minimum, as numpy and Cassandra hold it).
+NULL_MS = -(2**63)
 
 Version = tuple[int, int]  # (event_ms, created_ms); created_ms is NULL_MS when missing
 

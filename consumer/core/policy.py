@@ -1,4 +1,5 @@
-"""Pure decisions of the loop: when a micro-batch is complete, and how long to wait after a failure."""
+"""Pure decisions and bounds of the loop: when a micro-batch is complete, how long to wait after a failure,
+and what a record may carry."""
 
 from __future__ import annotations
 
@@ -58,3 +59,14 @@ class Backoff:
         if failures <= 0:
             return 0
         return int(min(self.max_ms, self.min_ms * 2 ** min(failures - 1, 30)))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what a record may carry; a record beyond them is dead-lettered with the reason."""
+
+    max_value_bytes: int = 1 << 20  # a string or bytes value (a feature, a list item or a join key)
+    max_list_items: int = 10_000
+    # Event time may lead the consumer's clock by this much; an event from further in the future would
+    # pin its entity until that time, so it is rejected. None: no bound.
+    max_future_ms: int | None = 24 * 3600 * 1000

@@ -11,8 +11,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from consumer.core.views import FeatureView
-from consumer.feast.frame import EncodedRows
+
+
+@dataclass
+class EncodedRows:
+    """Rows ready for the writer: one per entity, aligned by position."""
+
+    entity_keys: list[str]
+    event_ms: npt.NDArray[np.int64]
+    created_ms: npt.NDArray[np.int64]  # NULL_MS where the record had no created timestamp
+    values: dict[str, list[bytes]]
+
+    def __len__(self) -> int:
+        return len(self.entity_keys)
 
 
 class RowStatus(enum.Enum):

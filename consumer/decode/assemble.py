@@ -23,10 +23,12 @@ from fastavro import schemaless_reader
 
 from consumer.core.dtypes import Kind
 from consumer.core.errors import FramingError, MappingError, RecordError, Source
+from consumer.core.guard import NULL_MS
+from consumer.core.policy import Limits
+from consumer.core.store import EncodedRows
 from consumer.core.views import FeatureView
 from consumer.decode.schema import HEADER_SIZE, ColumnPlan, Plan, TopicDecoder
 from consumer.feast import frame as rowmod
-from consumer.feast.frame import NULL_MS, EncodedRows
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -39,17 +41,6 @@ class Message(Protocol):
     def partition(self) -> int | None: ...
     def offset(self) -> int | None: ...
     def value(self) -> bytes | None: ...
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what a record may carry; a record beyond them is dead-lettered with the reason."""
-
-    max_value_bytes: int = 1 << 20  # a string or bytes value (a feature, a list item or a join key)
-    max_list_items: int = 10_000
-    # Event time may lead the consumer's clock by this much; an event from further in the future would
-    # pin its entity until that time, so it is rejected. None: no bound.
-    max_future_ms: int | None = 24 * 3600 * 1000
 
 
 @dataclass

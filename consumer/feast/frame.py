@@ -11,7 +11,6 @@ guard compares what Cassandra stores, so two events in the same millisecond are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,26 +18,14 @@ import numpy.typing as npt
 import pandas as pd
 
 from consumer.core.dtypes import Dtype, Kind
+from consumer.core.guard import NULL_MS
+from consumer.core.store import EncodedRows
 from consumer.core.views import FeatureView
 from consumer.feast import codec as feast_codec
 
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-NULL_MS = np.iinfo(np.int64).min  # sorts below every real timestamp
-
-
-@dataclass
-class EncodedRows:
-    """Rows ready for the writer: one per entity, aligned by position."""
-
-    entity_keys: list[str]
-    event_ms: Int64Array
-    created_ms: Int64Array  # NULL_MS where the record had no created timestamp
-    values: dict[str, list[bytes]]
-
-    def __len__(self) -> int:
-        return len(self.entity_keys)
 
 
 # --------------------------------------------------------------------------- columns -> frame

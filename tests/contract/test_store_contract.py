@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from consumer.cassandra.writer import CassandraStore, table_name
 from consumer.config import CassandraSettings
-from consumer.core.store import RowStatus, Store, StoredCell
+from consumer.core.guard import NULL_MS
+from consumer.core.store import EncodedRows, RowStatus, Store, StoredCell
 from consumer.core.views import FeatureView
-from consumer.feast.frame import NULL_MS, EncodedRows
 from tests.fakes import FakeStore
 from tests.helpers import driver_view
 

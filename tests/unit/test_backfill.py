@@ -13,7 +13,7 @@ import yaml
 from consumer.backfill import backfill, frame_records, push_frame, read_frame
 from consumer.cli import main
 from consumer.core.errors import ConfigError
-from consumer.decode.assemble import Limits
+from consumer.core.policy import Limits
 from tests.fakes import FakeStore
 from tests.helpers import driver_view, driver_view_spec
 from tests.workload import entity_key
@@ -44,7 +44,7 @@ def run(store: FakeStore, data: pd.DataFrame, limits: Limits | None = None):  # 
 def test_a_backfill_of_older_rows_never_overwrites_newer_streamed_values() -> None:
     store = FakeStore()
     view = driver_view()
-    from consumer.feast.frame import EncodedRows
+    from consumer.core.store import EncodedRows
 
     streamed = EncodedRows([entity_key(1), entity_key(2)], np.array([T.value // 1_000_000 + 5 * 3_600_000] * 2),
                            np.array([0, 0]), {f.name: [b"stream"] * 2 for f in view.features})

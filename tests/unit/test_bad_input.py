@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.core.dtypes import DTYPES
-from consumer.decode.assemble import Batch, Limits, assemble
+from consumer.core.policy import Limits
+from consumer.decode.assemble import Batch, assemble
 from consumer.decode.schema import TopicDecoder
 from consumer.feast.codec import decode_value
 from tests.helpers import (

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.core.errors import DecodeError, FramingError, MappingError
-from consumer.decode.assemble import Batch, Limits, assemble, newest_per_key
+from consumer.core.guard import NULL_MS
+from consumer.core.policy import Limits
+from consumer.decode.assemble import Batch, assemble, newest_per_key
 from consumer.decode.schema import TopicDecoder, load_writer_schema
-from consumer.feast.frame import NULL_MS
 from tests.helpers import (
     DRIVER_SCHEMA,
     NOW_MS,

@@ -13,8 +13,8 @@ from consumer.cassandra.writer import CassandraStore, _answer_rows
 from consumer.config import CassandraSettings
 from consumer.core import guard
 from consumer.core.errors import StoreUnavailable
-from consumer.core.guard import Known, Op, Step
-from consumer.feast.frame import NULL_MS, EncodedRows
+from consumer.core.guard import NULL_MS, Known, Op, Step
+from consumer.core.store import EncodedRows
 from tests.helpers import driver_view
 
 UPDATE = Step(Op.UPDATE_OLDER, 1000)

@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.core import guard
-from consumer.core.guard import FirstGuess, Known, Op
-from consumer.feast.frame import NULL_MS
+from consumer.core.guard import NULL_MS, FirstGuess, Known, Op
 
 Row = tuple[int | None, int | None] | None  # (event_ms or None, created_ms or None) or no row
 

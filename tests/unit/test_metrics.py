@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumer.core.store import RowStatus, WriteReport
+from consumer.core.store import EncodedRows, RowStatus, WriteReport
 from consumer.decode.assemble import ViewBatch
-from consumer.feast.frame import EncodedRows
 from consumer.observe.metrics import Metrics
 from tests.helpers import FakeMessage, driver_view
 
