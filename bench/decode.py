@@ -34,7 +34,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from consumer.core.policy import Limits
 from consumer.core.views import parse_views
 from consumer.decode.assemble import assemble
-from consumer.decode.schema import RegistryClient, strip_logical_types, topic_decoders
+from consumer.decode.decoder import topic_decoders
+from consumer.decode.registry import RegistryClient
+from consumer.decode.schema import strip_logical_types
 from stack import localstack
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -50,7 +50,7 @@ from consumer.config import CassandraSettings, load_settings
 from consumer.core.guard import NULL_MS
 from consumer.core.store import RowStatus, WriteReport
 from consumer.core.views import FeatureView
-from consumer.decode.assemble import ViewBatch
+from consumer.decode.coalesce import ViewBatch
 from consumer.kafka.offsets import GroupLagReader, group_lag
 from consumer.kafka.source import TP
 from consumer.pipeline import Events

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from consumer.cassandra.writer import CassandraStore
 from consumer.config import Settings
 from consumer.core.errors import TransientError
-from consumer.decode.schema import RegistryClient, check_registry_subjects, topic_decoders
+from consumer.decode.decoder import topic_decoders
+from consumer.decode.registry import RegistryClient, check_registry_subjects
 from consumer.kafka.deadletter import DeadLetterProducer
 from consumer.kafka.source import KafkaSource
 from consumer.observe.metrics import HealthServer, LagCollector, Metrics

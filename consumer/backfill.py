@@ -21,36 +21,14 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from consumer.core.dtypes import DTYPES, Dtype, Kind
+from consumer.core.dtypes import Kind
 from consumer.core.errors import ConfigError
 from consumer.core.policy import Limits
 from consumer.core.store import RowStatus, Store
 from consumer.core.views import FeatureView
-from consumer.decode.assemble import map_records
-from consumer.decode.schema import ColumnPlan, Plan
-
-_NATURAL_AVRO = {
-    Kind.INT32: "int", Kind.INT64: "long", Kind.FLOAT32: "float", Kind.FLOAT64: "double",
-    Kind.STRING: "string", Kind.BYTES: "bytes", Kind.BOOL: "boolean", Kind.UNIX_TIMESTAMP: "long",
-}
-
-
-def frame_plan(view: FeatureView) -> Plan:
-    """How a push frame's columns map to the view: by name, timestamps as microseconds."""
-
-    def column(name: str, dtype: Dtype) -> ColumnPlan:
-        micros = 1 if dtype.kind is Kind.UNIX_TIMESTAMP else 0
-        return ColumnPlan(name, name, dtype, True, _NATURAL_AVRO[dtype.kind], micros)
-
-    ts = DTYPES["UnixTimestamp"]
-    return Plan(
-        view=view,
-        schema_id=None,
-        keys=tuple(column(e.name, e.value_type) for e in view.entities),
-        features=tuple(column(f.name, f.dtype) for f in view.features),
-        event_ts=column(view.timestamp_field, ts),
-        created_ts=column(view.created_timestamp_field, ts) if view.created_timestamp_field else None,
-    )
+from consumer.decode.coalesce import coalesce
+from consumer.decode.mapping import Plan, map_columns
+from consumer.feast import frame as rowmod
 
 
 def read_frame(path: Path) -> pd.DataFrame:
@@ -89,47 +67,32 @@ def push_frame(view: FeatureView, frame: pd.DataFrame, timestamp_column: str | N
     return frame.rename(columns=renames) if renames else frame
 
 
-def _micros(column: pd.Series) -> list[Any]:
-    stamps = pd.to_datetime(column, utc=True)
-    values = stamps.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").astype(np.int64).tolist()
-    return [None if missing else v for v, missing in zip(values, stamps.isna().tolist(), strict=True)]
+def _list_timestamps_us(items: list[Any] | None) -> list[Any] | None:
+    if items is None:
+        return None
+    return [None if v is None else int(pd.Timestamp(v).value // 1000) for v in items]
 
 
-def _objects(column: pd.Series, dtype: Dtype) -> list[Any]:
-    out: list[Any] = []
-    for value in column.tolist():
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        if dtype.is_list and dtype.kind is Kind.UNIX_TIMESTAMP and value is not None:
-            value = [None if v is None else int(pd.Timestamp(v).value // 1000) for v in value]
-        elif not isinstance(value, list) and (value is None or value is pd.NA or value is pd.NaT or
-                                              (isinstance(value, float) and value != value)):
-            value = None
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out.append(value)
-    return out
-
-
-def frame_records(view: FeatureView, frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Push-frame rows as the mapping stage takes decoded records."""
+def frame_columns(view: FeatureView, frame: pd.DataFrame) -> dict[str, list[Any]]:
+    """A push frame's columns as the mapping stage reads them (`Plan.for_frame`): timestamps in
+    microseconds, missing values None. A missing created timestamp column is all null."""
     missing = [c for c in [*(e.name for e in view.entities), view.timestamp_field, *(f.name for f in view.features)]
                if c not in frame.columns]
     if missing:
         hint = " (--timestamp-column names the event time column)" if view.timestamp_field in missing else ""
         raise ConfigError(f"view {view.name!r}: the backfill file has no columns {missing}{hint}")
-    columns: dict[str, list[Any]] = {view.timestamp_field: _micros(frame[view.timestamp_field])}
-    if view.created_timestamp_field:
-        created = frame[view.created_timestamp_field] if view.created_timestamp_field in frame.columns \
-            else pd.Series([None] * len(frame))
-        columns[view.created_timestamp_field] = _micros(created)
-    for name, dtype in [*view.join_keys, *((f.name, f.dtype) for f in view.features)]:
-        if dtype.kind is Kind.UNIX_TIMESTAMP and not dtype.is_list:
-            columns[name] = _micros(frame[name])
+    out: dict[str, list[Any]] = {}
+    for p in Plan.for_frame(view).columns:
+        if p.column not in frame.columns:  # the created timestamp, which Feast's frames leave out
+            out[p.column] = [None] * len(frame)
+        elif p.dtype.kind is Kind.UNIX_TIMESTAMP and not p.dtype.is_list:
+            micros, nulls = rowmod.timestamps_us(frame[p.column])
+            out[p.column] = [None if null else v for v, null in zip(micros.tolist(), nulls.tolist(), strict=True)]
+        elif p.dtype.kind is Kind.UNIX_TIMESTAMP:
+            out[p.column] = [_list_timestamps_us(v) for v in rowmod.object_values(frame[p.column], True)]
         else:
-            columns[name] = _objects(frame[name], dtype)
-    names = list(columns)
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+            out[p.column] = rowmod.object_values(frame[p.column], p.dtype.is_list)
+    return out
 
 
 @dataclass
@@ -170,7 +133,7 @@ def backfill(view: FeatureView, frame: pd.DataFrame, store: Store, limits: Limit
     would put nulls over older real values.
     """
     frame = push_frame(view, frame, timestamp_column)
-    plan = frame_plan(view)
+    plan = Plan.for_frame(view)
     summary = Summary()
     row_numbers = np.arange(len(frame))  # examples name rows as they are in the file
     if not keep_empty_rows:
@@ -183,9 +146,9 @@ def backfill(view: FeatureView, frame: pd.DataFrame, store: Store, limits: Limit
     started = last_report = clock()
     total = len(frame) + summary.empty
     for start, chunk in _chunks(frame, chunk_size):
-        records = frame_records(view, chunk)
-        view_batch, bad = map_records(plan, records, limits, int(clock() * 1000))
-        summary.read += len(records)
+        part, bad = map_columns(plan, frame_columns(view, chunk), range(len(chunk)), limits, int(clock() * 1000))
+        view_batch = None if part is None else coalesce(view, [part])
+        summary.read += len(chunk)
         for index, reason in bad:
             summary.rejected += 1
             summary.reasons[reason.split(":")[0]] += 1

@@ -44,7 +44,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _registry(settings: Settings) -> Any:
     if settings.schema_registry is None:
         return None
-    from consumer.decode.schema import RegistryClient
+    from consumer.decode.registry import RegistryClient
 
     return RegistryClient(settings.schema_registry.url, settings.schema_registry.client_config())
 
@@ -144,7 +144,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if settings.schema_registry is not None:
         def registry() -> str:
-            from consumer.decode.schema import check_registry_subjects
+            from consumer.decode.registry import check_registry_subjects
 
             client = _registry(settings)
             check_registry_subjects(settings.views, client)
@@ -153,7 +153,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         results.append(_check("schema registry", registry))
 
     def schemas() -> str:
-        from consumer.decode.schema import topic_decoders
+        from consumer.decode.decoder import topic_decoders
 
         topic_decoders(settings.views, _registry(settings))
         return "every view's schema source resolves against the view"

@@ -33,8 +33,9 @@ from consumer.config import Settings
 from consumer.core.errors import TransientError, WriteRefused
 from consumer.core.policy import Backoff, BatchPolicy, Limits
 from consumer.core.store import Store, WriteReport
-from consumer.decode.assemble import Batch, Rejected, ViewBatch, assemble, source_of
-from consumer.decode.schema import TopicDecoder
+from consumer.decode.assemble import Batch, Rejected, assemble, source_of
+from consumer.decode.coalesce import ViewBatch
+from consumer.decode.decoder import TopicDecoder
 from consumer.kafka.source import TP, RebalanceListener
 
 log = logging.getLogger(__name__)

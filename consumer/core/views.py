@@ -8,7 +8,6 @@ they are loaded; every error names the view and the field.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -213,18 +212,24 @@ def parse_views(raw: Sequence[Any], base_dir: Path | None = None) -> list[Featur
     return views
 
 
+def views_by_topic(views: Iterable[FeatureView]) -> dict[str, list[FeatureView]]:
+    """The views that read each topic, in the order given."""
+    out: dict[str, list[FeatureView]] = {}
+    for view in views:
+        for topic in view.topics:
+            out.setdefault(topic, []).append(view)
+    return out
+
+
 def check_views(views: Iterable[FeatureView]) -> None:
     """Checks across views: unique names per project, and topics shared only with a rule."""
     views = list(views)
     names: set[tuple[str, str]] = set()
-    by_topic: dict[str, list[FeatureView]] = defaultdict(list)
     for view in views:
         if (view.project, view.name) in names:
             raise ConfigError(f"view {view.name!r}: declared twice in project {view.project!r}")
         names.add((view.project, view.name))
-        for topic in view.topics:
-            by_topic[topic].append(view)
-    for topic, claimants in by_topic.items():
+    for topic, claimants in views_by_topic(views).items():
         if len(claimants) < 2:
             continue
         record_names = [v.record_name for v in claimants]

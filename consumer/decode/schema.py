@@ -1,4 +1,4 @@
-"""Avro decoding: Confluent framing, writer schemas by id, and resolution against a feature view.
+"""Avro writer schemas, parsed once and resolved against a feature view into a `Plan`.
 
 Each writer schema is resolved against a view once, into a `Plan`: which Avro field feeds which view
 column, whether it may be null, and the unit of each timestamp. Records are then decoded with the
@@ -14,32 +14,19 @@ timestamps come back as integers and are converted per batch, not as one datetim
 from __future__ import annotations
 
 import copy
-import io
 import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import fastavro
-from fastavro import schemaless_reader
 
 from consumer.core.dtypes import DTYPES, Dtype, Kind
 from consumer.core.errors import (
-    ConfigError,
-    DecodeError,
-    FramingError,
-    RegistryUnavailable,
     SchemaMismatchError,
-    UnknownSchemaError,
 )
-from consumer.core.redact import redact_url, scrub, url_passwords
 from consumer.core.views import FeatureView
-
-_OBJECT_REPR = re.compile(r"\s*(?:from\s+)?<[^<>]*object at 0x[0-9a-fA-F]+>")
-
-MAGIC_BYTE = 0
-HEADER_SIZE = 5
+from consumer.decode.mapping import ColumnPlan, Plan
 
 # Multipliers to microseconds (negative: a divisor).
 _TS_LOGICAL_UNITS = {
@@ -63,32 +50,6 @@ _COMPATIBLE: dict[Kind, frozenset[str]] = {
     Kind.BOOL: frozenset({"boolean"}),
     Kind.UNIX_TIMESTAMP: frozenset({"int", "long"}),
 }
-
-
-@dataclass(frozen=True)
-class ColumnPlan:
-    """How one view column is read from a decoded record."""
-
-    column: str
-    field: str
-    dtype: Dtype
-    nullable: bool
-    # Avro type the value arrives as ("string", "bytes", "long", ...), after unwrapping a nullable union.
-    avro_type: str
-    # For timestamps: multiplier to microseconds (negative: divisor); 0 when not a timestamp.
-    to_micros: int = 0
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A writer schema resolved against one view."""
-
-    view: FeatureView
-    schema_id: int | None
-    keys: tuple[ColumnPlan, ...]
-    features: tuple[ColumnPlan, ...]
-    event_ts: ColumnPlan
-    created_ts: ColumnPlan | None
 
 
 @dataclass
@@ -196,7 +157,12 @@ def _column_plan(
             raise ValueError(f"is Avro {_describe(item_type)}, which cannot hold dtype {dtype}")
     except ValueError as exc:
         raise ValueError(f"{what} {column!r}: Avro field {source!r} {exc}") from None
-    return ColumnPlan(column, source, dtype, nullable, inner, to_micros)
+    text_from = None
+    if not dtype.is_list and dtype.kind is Kind.STRING and inner in ("bytes", "fixed"):
+        text_from = Kind.BYTES
+    elif not dtype.is_list and dtype.kind is Kind.BYTES and inner == "string":
+        text_from = Kind.STRING
+    return ColumnPlan(column, source, dtype, nullable, text_from, to_micros)
 
 
 def _timestamp_plan(
@@ -209,7 +175,7 @@ def _timestamp_plan(
         unit = _timestamp_unit(avro_type, view)
     except ValueError as exc:
         raise ValueError(f"{what} {name!r} {exc}") from None
-    return ColumnPlan(name, name, DTYPES["UnixTimestamp"], nullable, _type_name(avro_type), unit)
+    return ColumnPlan(name, name, DTYPES["UnixTimestamp"], nullable, None, unit)
 
 
 def build_plan(view: FeatureView, writer: WriterSchema) -> Plan:
@@ -261,227 +227,3 @@ def load_writer_schema(text: str | Mapping[str, Any], schema_id: int | None = No
     return WriterSchema(schema_id, raw, parsed, _full_name(raw))
 
 
-# --------------------------------------------------------------------------- registry
-
-
-class SchemaSource(Protocol):
-    """Fetches writer schemas by id (a Confluent-compatible schema registry)."""
-
-    def schema_text(self, schema_id: int) -> str:
-        """The schema's JSON; raises UnknownSchemaError or RegistryUnavailable."""
-        ...
-
-    def latest_text(self, subject: str) -> tuple[int, str]:
-        """The latest version of a subject: (schema id, JSON)."""
-        ...
-
-
-class RegistryClient:
-    """`SchemaSource` over confluent-kafka's SchemaRegistryClient (used only off the hot path)."""
-
-    def __init__(self, url: str, config: Mapping[str, Any] | None = None) -> None:
-        from confluent_kafka.schema_registry import SchemaRegistryClient
-
-        self._client = SchemaRegistryClient({"url": url, **dict(config or {})})
-        # What errors and `check` show: the URL may carry `user:password@`.
-        self.url = redact_url(url)
-        self._secrets = url_passwords(url)
-
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-        try:
-            return fn()
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                raise UnknownSchemaError(f"{what} is not known to the schema registry at {self.url}") from exc
-            raise RegistryUnavailable(f"schema registry at {self.url} failed for {what}: {self._text(exc)}") from exc
-        except Exception as exc:
-            raise RegistryUnavailable(f"schema registry at {self.url} unreachable for {what}: "
-                                      f"{self._text(exc)}") from exc
-
-    def _text(self, exc: Exception) -> str:
-        # The HTTP client's message may quote the URL it was given, credentials included.
-        return scrub(str(exc), self._secrets)
-
-    def schema_text(self, schema_id: int) -> str:
-        schema = self._call(f"schema id {schema_id}", lambda: self._client.get_schema(schema_id))
-        if (schema.schema_type or "AVRO") != "AVRO":
-            raise SchemaMismatchError(f"schema id {schema_id} is {schema.schema_type}, not AVRO")
-        return str(schema.schema_str)
-
-    def latest_text(self, subject: str) -> tuple[int, str]:
-        registered = self._call(f"subject {subject!r}", lambda: self._client.get_latest_version(subject))
-        return int(registered.schema_id), str(registered.schema.schema_str)
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-@dataclass
-class TopicDecoder:
-    """Decodes the records of one topic and tells which view(s) they belong to.
-
-    With registry framing, records carry a schema id; the writer schema is fetched once per id, and
-    its record name selects the view when views share the topic. With plain bodies, the one view of
-    the topic gives the writer schema.
-    """
-
-    topic: str
-    views: list[FeatureView]
-    registry: SchemaSource | None = None
-    file_schema: WriterSchema | None = None
-    _by_id: dict[int, WriterSchema | UnknownSchemaError | SchemaMismatchError] = field(default_factory=dict)
-    # The hot path's cache: Confluent header (5 bytes) -> (parsed writer schema, plans), filled by
-    # `decode` on the first message of each schema id that resolves.
-    fast: dict[bytes, tuple[Any, list[Plan]]] = field(default_factory=dict)
-
-    @property
-    def framed(self) -> bool:
-        return self.file_schema is None
-
-    def writer(self, value: bytes) -> tuple[WriterSchema, int]:
-        """The writer schema of a message, and where its Avro body starts."""
-        if self.file_schema is not None:
-            return self.file_schema, 0
-        if len(value) < HEADER_SIZE:
-            raise FramingError(f"{len(value)}-byte value is shorter than the 5-byte Confluent header")
-        if value[0] != MAGIC_BYTE:
-            raise FramingError(f"magic byte is {value[0]}, not 0: not in the Confluent wire format")
-        schema_id = int.from_bytes(value[1:5], "big")
-        known = self._by_id.get(schema_id)
-        if known is None:
-            known = self._fetch(schema_id)
-        if isinstance(known, Exception):
-            raise known
-        return known, HEADER_SIZE
-
-    def _fetch(self, schema_id: int) -> WriterSchema | UnknownSchemaError | SchemaMismatchError:
-        assert self.registry is not None
-        try:
-            result: WriterSchema | UnknownSchemaError | SchemaMismatchError = load_writer_schema(
-                self.registry.schema_text(schema_id), schema_id
-            )
-        except (UnknownSchemaError, SchemaMismatchError) as exc:
-            # Permanent answers are cached; RegistryUnavailable is not, so the next try asks again.
-            result = exc
-        self._by_id[schema_id] = result
-        return result
-
-    def plans(self, writer: WriterSchema) -> list[Plan]:
-        """The plans of the views this writer schema's records belong to."""
-        targets = self.views
-        if len(self.views) > 1:
-            targets = [v for v in self.views if v.record_name == writer.full_name]
-            if not targets:
-                names = ", ".join(f"{v.name}={v.record_name}" for v in self.views)
-                raise SchemaMismatchError(
-                    f"record {writer.full_name!r} matches no view of topic {self.topic!r} ({names})"
-                )
-        out = []
-        for view in targets:
-            cache_key = (view.project, view.name)
-            plan = writer.plans.get(cache_key)
-            if plan is None:
-                try:
-                    plan = build_plan(view, writer)
-                except SchemaMismatchError as exc:
-                    plan = exc
-                writer.plans[cache_key] = plan
-            if isinstance(plan, SchemaMismatchError):
-                raise plan
-            out.append(plan)
-        return out
-
-    def decode(self, value: bytes | None) -> tuple[list[Plan], dict[str, Any]]:
-        """Decode one message value. Raises a RecordError subclass, or RegistryUnavailable."""
-        if value is None:
-            raise FramingError("the message has no value (a tombstone)")
-        writer, start = self.writer(value)
-        plans = self.plans(writer)
-        buf = io.BytesIO(value)
-        buf.seek(start)
-        try:
-            record = schemaless_reader(buf, writer.parsed, None)
-        except Exception as exc:
-            detail = _OBJECT_REPR.sub("", str(exc))
-            raise DecodeError(
-                f"Avro body does not decode with {_writer_label(writer)}: {type(exc).__name__}: {detail}"
-            ) from exc
-        extra = len(value) - buf.tell()
-        if extra:
-            raise DecodeError(f"{extra} trailing bytes after the Avro record ({_writer_label(writer)})")
-        if not isinstance(record, dict):
-            raise DecodeError(f"{_writer_label(writer)} decoded to {type(record).__name__}, not a record")
-        if start:
-            self.fast[value[:HEADER_SIZE]] = (writer.parsed, plans)
-        else:
-            self.fast[b""] = (writer.parsed, plans)
-        return plans, record
-
-
-def _writer_label(writer: WriterSchema) -> str:
-    return f"schema id {writer.schema_id}" if writer.schema_id is not None else f"schema {writer.full_name}"
-
-
-def topic_decoders(views: list[FeatureView], registry: SchemaSource | None) -> dict[str, TopicDecoder]:
-    """One decoder per topic; file schemas are read and resolved against their view now.
-
-    Raises ConfigError when a schema file is unreadable or does not fit its view, or when a
-    registry-framed view has no registry.
-    """
-    by_topic: dict[str, list[FeatureView]] = {}
-    for view in views:
-        for topic in view.topics:
-            by_topic.setdefault(topic, []).append(view)
-    decoders: dict[str, TopicDecoder] = {}
-    for topic, claimants in by_topic.items():
-        files = [v for v in claimants if v.schema_ref.file or v.schema_ref.avro]
-        if files and len(claimants) > 1:
-            raise ConfigError(
-                f"topic {topic!r}: plain Avro bodies carry no schema id, so views "
-                f"{', '.join(repr(v.name) for v in claimants)} can share it only with `registry: true`"
-            )
-        if files:
-            view = files[0]
-            path = view.schema_ref.file
-            text = view.schema_ref.avro or ""
-            if path is not None:
-                try:
-                    with open(path, encoding="utf-8") as fh:
-                        text = fh.read()
-                except OSError as exc:
-                    raise ConfigError(f"view {view.name!r}: cannot read schema file {path}: {exc}") from None
-            where = f"schema file {path}" if path else "inline Avro schema"
-            try:
-                writer = load_writer_schema(text)
-                build_plan(view, writer)
-            except SchemaMismatchError as exc:
-                raise ConfigError(f"{exc.reason} [{where}]") from None
-            decoders[topic] = TopicDecoder(topic, claimants, file_schema=writer)
-        else:
-            if registry is None:
-                raise ConfigError(
-                    f"view {claimants[0].name!r}: `registry: true` needs schema_registry.url in the config"
-                )
-            decoders[topic] = TopicDecoder(topic, claimants, registry=registry)
-    return decoders
-
-
-def check_registry_subjects(views: list[FeatureView], registry: SchemaSource) -> None:
-    """At start-up: the latest schema of each view's registry subject must resolve against the view."""
-    for view in views:
-        if not view.schema_ref.registry:
-            continue
-        subjects = [view.schema_ref.subject] if view.schema_ref.subject else [f"{t}-value" for t in view.topics]
-        for subject in subjects:
-            try:
-                schema_id, text = registry.latest_text(subject)
-            except UnknownSchemaError:
-                if view.schema_ref.subject:
-                    raise ConfigError(f"view {view.name!r}: subject {subject!r} is not in the registry") from None
-                continue  # the topic's default subject may not exist yet; records are checked as they come
-            try:
-                build_plan(view, load_writer_schema(text, schema_id))
-            except SchemaMismatchError as exc:
-                raise ConfigError(f"{exc.reason} [subject {subject!r}]") from None

@@ -68,11 +68,16 @@ def feature_series(dtype: Dtype, values: Any, nulls: BoolArray | None = None) ->
 # --------------------------------------------------------------------------- frame -> encoded rows
 
 
-def timestamps_ms(column: pd.Series) -> tuple[Int64Array, BoolArray]:
-    """A datetime column (naive means UTC, as in Feast) -> (ms since epoch floored, null mask)."""
+def timestamps_us(column: pd.Series) -> tuple[Int64Array, BoolArray]:
+    """A datetime column (naive means UTC, as in Feast) -> (microseconds since the epoch, null mask)."""
     series = pd.to_datetime(column, utc=True)
     nulls = series.isna().to_numpy()
-    micros = series.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").astype(np.int64)
+    return series.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").astype(np.int64), nulls
+
+
+def timestamps_ms(column: pd.Series) -> tuple[Int64Array, BoolArray]:
+    """A datetime column (naive means UTC, as in Feast) -> (ms since epoch floored, null mask)."""
+    micros, nulls = timestamps_us(column)
     ms = np.floor_divide(micros, 1000)
     if nulls.any():
         ms[nulls] = NULL_MS
@@ -87,7 +92,8 @@ def _none_if_missing(value: Any) -> Any:
     return value
 
 
-def _object_values(column: pd.Series, is_list: bool) -> list[Any]:
+def object_values(column: pd.Series, is_list: bool) -> list[Any]:
+    """A column's values as Python objects: missing ones (None, NaN, NA, NaT) None, list values lists."""
     out = [_none_if_missing(v) if not isinstance(v, (list, np.ndarray)) else v for v in column.tolist()]
     if is_list:
         return [v.tolist() if isinstance(v, np.ndarray) else v for v in out]
@@ -120,12 +126,12 @@ def column_for_codec(dtype: Dtype, column: pd.Series) -> tuple[Any, BoolArray | 
     """A push-frame column as the codec takes it: numpy + null mask, or Python objects."""
     kind = dtype.kind
     if dtype.is_list:
-        values = _object_values(column, True)
+        values = object_values(column, True)
         if kind is Kind.UNIX_TIMESTAMP:
             values = [None if v is None else _list_timestamps_to_seconds(v) for v in values]
         return values, None
     if kind in (Kind.STRING, Kind.BYTES):
-        return _object_values(column, False), None
+        return object_values(column, False), None
     if kind is Kind.UNIX_TIMESTAMP:
         # NaT stays what Feast's push path makes of it: the int64 minimum, its null-timestamp
         # sentinel, which Feast reads back as None (not an empty Value).

@@ -34,7 +34,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from consumer.core.errors import TransientError
 from consumer.core.store import RowStatus, WriteReport
-from consumer.decode.assemble import Batch, Rejected, ViewBatch
+from consumer.decode.assemble import Batch, Rejected
+from consumer.decode.coalesce import ViewBatch
 from consumer.kafka.source import TP
 from consumer.pipeline import Events
 

@@ -21,7 +21,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from consumer.core.errors import ConfigError, RegistryUnavailable, UnknownSchemaError
 from consumer.core.policy import Limits
 from consumer.decode.assemble import assemble
-from consumer.decode.schema import RegistryClient, check_registry_subjects, topic_decoders
+from consumer.decode.decoder import topic_decoders
+from consumer.decode.registry import RegistryClient, check_registry_subjects
 from tests.helpers import DRIVER_SCHEMA, NOW_MS, T0_MICROS, driver_record, driver_view, plain_schema
 
 pytestmark = pytest.mark.integration

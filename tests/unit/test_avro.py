@@ -15,7 +15,8 @@ from consumer.core.errors import (
     SchemaMismatchError,
     UnknownSchemaError,
 )
-from consumer.decode.schema import TopicDecoder, build_plan, load_writer_schema
+from consumer.decode.decoder import TopicDecoder
+from consumer.decode.schema import build_plan, load_writer_schema
 from tests.helpers import DRIVER_SCHEMA, T0_MICROS, avro_body, driver_record, driver_view, framed, plain_schema
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from consumer.backfill import backfill, frame_records, push_frame, read_frame
+from consumer.backfill import backfill, frame_columns, push_frame, read_frame
 from consumer.cli import main
 from consumer.core.errors import ConfigError
 from consumer.core.policy import Limits
@@ -97,7 +97,7 @@ def test_rows_of_one_entity_in_the_file_coalesce_to_the_newest() -> None:
 
 def test_a_missing_column_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"no columns \['acc_rate'\]"):
-        frame_records(driver_view(), frame([1], [1], [0.1]).drop(columns=["acc_rate"]))
+        frame_columns(driver_view(), frame([1], [1], [0.1]).drop(columns=["acc_rate"]))
 
 
 def test_csv_timestamps_are_read_as_utc(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from consumer.core.dtypes import DTYPES
 from consumer.core.policy import Limits
 from consumer.decode.assemble import Batch, assemble
-from consumer.decode.schema import TopicDecoder
+from consumer.decode.decoder import TopicDecoder
 from consumer.feast.codec import decode_value
 from tests.helpers import (
     DRIVER_SCHEMA,

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from consumer.core.errors import DecodeError, FramingError, MappingError
 from consumer.core.guard import NULL_MS
 from consumer.core.policy import Limits
-from consumer.decode.assemble import Batch, assemble, newest_per_key
-from consumer.decode.schema import TopicDecoder, load_writer_schema
+from consumer.decode.assemble import Batch, assemble
+from consumer.decode.coalesce import newest_per_key
+from consumer.decode.decoder import TopicDecoder
+from consumer.decode.schema import load_writer_schema
 from tests.helpers import (
     DRIVER_SCHEMA,
     NOW_MS,

@@ -18,7 +18,7 @@ import pytest
 
 from consumer.config import load_settings
 from consumer.core.errors import ConfigError
-from consumer.decode.schema import topic_decoders
+from consumer.decode.decoder import topic_decoders
 from consumer.feast.repo import load_feast_repo
 from tests import feast_standin as feast
 from tests.helpers import ROOT

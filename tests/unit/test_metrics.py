@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from consumer.core.store import EncodedRows, RowStatus, WriteReport
-from consumer.decode.assemble import ViewBatch
+from consumer.decode.coalesce import ViewBatch
 from consumer.observe.metrics import Metrics
 from tests.helpers import FakeMessage, driver_view
 

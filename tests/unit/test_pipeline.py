@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from consumer.config import Settings
-from consumer.decode.schema import TopicDecoder, load_writer_schema
+from consumer.decode.decoder import TopicDecoder
+from consumer.decode.schema import load_writer_schema
 from consumer.pipeline import Clock, Events, Pipeline
 from tests.fakes import FakeClock, FakeDeadLetters, FakeSource, FakeStore
 from tests.helpers import DRIVER_SCHEMA, T0_MICROS, FakeMessage, driver_body, driver_view

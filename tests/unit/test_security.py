@@ -19,7 +19,7 @@ from consumer.cassandra.writer import create_keyspace_cql, create_table_cql, quo
 from consumer.config import CassandraSettings, load_settings
 from consumer.core.errors import ConfigError, RegistryUnavailable
 from consumer.core.redact import is_secret_property, redact_url
-from consumer.decode.schema import RegistryClient
+from consumer.decode.registry import RegistryClient
 from consumer.feast.repo import load_feast_repo
 from tests.helpers import ROOT, driver_view
 

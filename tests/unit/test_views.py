@@ -11,7 +11,7 @@ import pytest
 from consumer.config import load_settings
 from consumer.core.errors import ConfigError
 from consumer.core.views import parse_views
-from consumer.decode.schema import topic_decoders
+from consumer.decode.decoder import topic_decoders
 from tests.helpers import DRIVER_SCHEMA, ROOT, driver_view_spec
 
 spec = driver_view_spec
