@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,10 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.app import build
-from consumer.cassandra.writer import CassandraStore, table_name
-from consumer.config import CassandraSettings, load_settings
+from consumer.cassandra.connection import CassandraOptions
+from consumer.cassandra.schema import table_name
+from consumer.cassandra.writer import CassandraStore
+from consumer.config import load_settings
 from consumer.core.guard import NULL_MS
 from consumer.core.store import RowStatus, WriteReport
 from consumer.core.views import FeatureView
@@ -184,7 +186,7 @@ def produce(bootstrap: str, topic: str, records: Sequence[Record]) -> dict[TP, i
 
 def seed_store(store: CassandraStore, view: FeatureView, keys: list[str]) -> None:
     """An older version of every entity, written blindly: each measured write is then a guarded update."""
-    table = table_name(store.settings.keyspace, view)
+    table = table_name(store.options.keyspace, view)
     insert = store.session.prepare(
         f"INSERT INTO {table} (entity_key, feature_name, value, event_ts) VALUES (?, ?, ?, 1)")
     params = [(insert, (k, f.name, b"")) for k in keys for f in view.features]
@@ -205,7 +207,7 @@ def run_ours(setup: Setup, name: str, records: Sequence[Record], max_in_flight: 
     keyspace = f"bench_{name}_{setup.run}"
     settings = setup.settings(topic, keyspace, max_in_flight)
     view = settings.views[0]
-    store = CassandraStore(settings.cassandra)
+    store = CassandraStore(settings.cassandra.options())
     store.create_schema([view], create_keyspace=True)
     seed_store(store, view, entity_keys(records, view))
     store.close()
@@ -227,7 +229,7 @@ def anchor_raw(setup: Setup, name: str, probe: Probe, concurrencies: Sequence[in
     keyspace = f"bench_{name}_raw_{setup.run}"
     settings = setup.settings(f"raw_{name}_{setup.run}", keyspace, 64)
     view = settings.views[0]
-    store = CassandraStore(CassandraSettings(**{**settings.cassandra.model_dump(), "keyspace": keyspace}))
+    store = CassandraStore(replace(settings.cassandra.options(), keyspace=keyspace))
     store.create_schema([view], create_keyspace=True)
     table = table_name(keyspace, view)
     update = store.session.prepare(
@@ -260,8 +262,8 @@ def anchor_raw(setup: Setup, name: str, probe: Probe, concurrencies: Sequence[in
 def anchor_feast(setup: Setup, name: str, records: Sequence[Record]) -> float:
     python = feastenv.ensure()
     keyspace = f"bench_{name}_feast_{setup.run}"
-    store = CassandraStore(CassandraSettings(hosts=[setup.endpoints.cql_host], port=setup.endpoints.cql_port,
-                                             keyspace=keyspace))
+    store = CassandraStore(CassandraOptions(hosts=(setup.endpoints.cql_host,), port=setup.endpoints.cql_port,
+                                            keyspace=keyspace))
     store.session.execute(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
                           "{'class': 'SimpleStrategy', 'replication_factor': 1}")
     store.close()
@@ -287,7 +289,7 @@ def latency_run(setup: Setup, rate: float, seconds: float, max_in_flight: int) -
     keyspace = f"bench_latency_{setup.run}"
     settings = setup.settings(topic, keyspace, max_in_flight)
     view = settings.views[0]
-    store = CassandraStore(settings.cassandra)
+    store = CassandraStore(settings.cassandra.options())
     store.create_schema([view], create_keyspace=True)
     entities = 20_000
     seed_store(store, view, entity_keys([Record(i + 1, 0, 0, 0, 0) for i in range(entities)], view))
@@ -325,7 +327,7 @@ def rss_run(setup: Setup, records: int, entities: int, zipf_s: float) -> tuple[f
     topic = setup.topic("backlog")
     keyspace = f"bench_backlog_{setup.run}"
     settings = setup.settings(topic, keyspace, 64)
-    store = CassandraStore(settings.cassandra)
+    store = CassandraStore(settings.cassandra.options())
     store.create_schema(settings.views, create_keyspace=True)
     store.close()
     data = make_records(records, entities, zipf_s, 9, int(time.time() * 1000) - records)

@@ -55,7 +55,7 @@ def build(settings: Settings, serve_metrics: bool = True, extra_events: Events |
             check_registry_subjects(settings.views, registry)
         except TransientError as exc:
             log.warning("schema registry not reachable at start-up (%s); records wait until it is", exc)
-    store = CassandraStore(settings.cassandra)
+    store = CassandraStore(settings.cassandra.options())
     dead_letters = DeadLetterProducer(
         settings.kafka.producer_config(), settings.kafka.dead_letter_topic, settings.kafka.group_id
     )

@@ -75,7 +75,7 @@ def cmd_init_schema(args: argparse.Namespace) -> int:
     from consumer.cassandra.writer import CassandraStore
 
     settings = _settings(args)
-    store = CassandraStore(settings.cassandra)
+    store = CassandraStore(settings.cassandra.options())
     try:
         for cql in store.create_schema(settings.views, create_keyspace=args.create_keyspace):
             print(cql.strip() + ";")
@@ -124,7 +124,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     def cassandra() -> str:
         from consumer.cassandra.writer import CassandraStore
 
-        store = CassandraStore(settings.cassandra)
+        store = CassandraStore(settings.cassandra.options())
         try:
             version = store.ping()
             rows = store.session.execute(
@@ -176,7 +176,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if view is None:
         raise ConfigError(f"--view {args.view!r} is not in the config (views: {names})")
     frame = read_frame(Path(args.input))
-    store = CassandraStore(settings.cassandra)
+    store = CassandraStore(settings.cassandra.options())
     try:
         summary = backfill(view, frame, store, settings.limits.limits(), chunk_size=args.chunk_size,
                            timestamp_column=args.timestamp_column, keep_empty_rows=args.keep_empty_rows)

@@ -122,7 +122,7 @@ def main() -> int:
         code = daemon.wait(30)
     print(f"SIGTERM: drained, committed, left the group, exit code {code}\n")
 
-    store = CassandraStore(settings.cassandra)
+    store = CassandraStore(settings.cassandra.options())
     f32, i64 = DTYPES["Float32"], DTYPES["Int64"]
     print(f"online rows in \"{settings.cassandra.keyspace}\".\"{view.table}\" (what Feast serves):")
     print(f"{'driver_id':>9}  {'event_timestamp (UTC)':<21} {'conv_rate':>9} {'acc_rate':>8} {'avg_daily_trips':>15}"

@@ -130,8 +130,8 @@ def make_deployment(request: pytest.FixtureRequest, stack: Any, keyspace: str, t
                     ) -> Iterator[Callable[..., Deployment]]:
     """A daemon configuration with its own topics, and the view's table in the test's keyspace."""
 
+    from consumer.cassandra.connection import CassandraOptions
     from consumer.cassandra.writer import CassandraStore
-    from consumer.config import CassandraSettings
 
     made: list[Deployment] = []
 
@@ -140,7 +140,7 @@ def make_deployment(request: pytest.FixtureRequest, stack: Any, keyspace: str, t
         made.append(dep)
         dep.create_topics()
         dep.write_config()
-        store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
+        store = CassandraStore(CassandraOptions(hosts=(stack.cql_host,), port=stack.cql_port, keyspace=keyspace))
         store.create_schema([driver_view()], create_keyspace=False)
         store.close()
         return dep
@@ -152,10 +152,10 @@ def make_deployment(request: pytest.FixtureRequest, stack: Any, keyspace: str, t
 
 @pytest.fixture
 def reader(stack: Any, keyspace: str) -> Iterator[Any]:
+    from consumer.cassandra.connection import CassandraOptions
     from consumer.cassandra.writer import CassandraStore
-    from consumer.config import CassandraSettings
 
-    store = CassandraStore(CassandraSettings(hosts=[stack.cql_host], port=stack.cql_port, keyspace=keyspace))
+    store = CassandraStore(CassandraOptions(hosts=(stack.cql_host,), port=stack.cql_port, keyspace=keyspace))
     yield store
     store.close()
 

@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from consumer.cassandra.connection import CassandraOptions
 from consumer.core.errors import ConfigError
 from consumer.core.policy import Limits
 from consumer.core.redact import describe_validation_error, is_secret_property, redact_url
@@ -203,6 +204,12 @@ class CassandraSettings(_Section):
     def tls(self) -> bool:
         """Any ssl_* setting asks for TLS: a client certificate without a CA file must not mean plaintext."""
         return bool(self.ssl_ca_file or self.ssl_cert_file or self.ssl_key_file)
+
+    def options(self) -> CassandraOptions:
+        """What the Cassandra writer takes, with the password revealed to it alone."""
+        values = self.model_dump(exclude={"password"})
+        values["hosts"] = tuple(values["hosts"])
+        return CassandraOptions(**values, password=self.password.get_secret_value() if self.password else None)
 
 
 class RegistrySettings(_Section):

@@ -14,8 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.cassandra.writer import CassandraStore, table_name
-from consumer.config import CassandraSettings
+from consumer.cassandra.connection import CassandraOptions
+from consumer.cassandra.schema import table_name
+from consumer.cassandra.writer import CassandraStore
+from consumer.core.errors import StoreMisconfigured
 from consumer.core.guard import NULL_MS
 from consumer.core.store import EncodedRows, RowStatus, Store, StoredCell
 from consumer.core.views import FeatureView
@@ -34,7 +36,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[Store, Seeder]]:
         return
     keyspace = request.getfixturevalue("keyspace")
     endpoints = request.getfixturevalue("stack")
-    store = CassandraStore(CassandraSettings(hosts=[endpoints.cql_host], port=endpoints.cql_port,
+    store = CassandraStore(CassandraOptions(hosts=(endpoints.cql_host,), port=endpoints.cql_port,
                                              keyspace=keyspace, consistency="ONE", serial_consistency="SERIAL"))
     store.create_schema([driver_view()], create_keyspace=False)
 
@@ -157,3 +159,17 @@ def test_any_sequence_of_batches_ends_at_the_newest_version(
         got = cells(store, key)
         assert {c[0] for c in got.values()} == {value}, key
         assert {(c[1], NULL_MS if c[2] is None else c[2]) for c in got.values()} == {version}
+
+
+@pytest.mark.integration
+def test_a_missing_table_stops_the_writer_with_a_configuration_error(stack, keyspace) -> None:  # type: ignore[no-untyped-def]
+    """Classified by the driver's error type and its schema metadata, not by the message's words."""
+    store = CassandraStore(CassandraOptions(hosts=(stack.cql_host,), port=stack.cql_port, keyspace=keyspace))
+    try:
+        with pytest.raises(StoreMisconfigured, match=r'"feast_demo_driver_hourly_stats" does not exist; run '
+                                                     r"`feature-consumer init-schema`"):
+            store.write(driver_view(), rows_of([("k1", 1000, None, b"v1")]))
+        store.create_schema([driver_view()], create_keyspace=False)
+        assert store.write(driver_view(), rows_of([("k1", 1000, None, b"v1")])).statuses == [RowStatus.APPLIED]
+    finally:
+        store.close()

@@ -9,8 +9,9 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from consumer.cassandra.writer import CassandraStore, _answer_rows
-from consumer.config import CassandraSettings
+from consumer.cassandra.connection import CassandraOptions
+from consumer.cassandra.rounds import answer_rows
+from consumer.cassandra.writer import CassandraStore
 from consumer.core import guard
 from consumer.core.errors import StoreUnavailable
 from consumer.core.guard import NULL_MS, Known, Op, Step
@@ -23,23 +24,23 @@ T5 = datetime(1970, 1, 1, 0, 0, 5)  # the driver returns naive UTC datetimes
 
 def test_a_single_update_answer_is_the_row_of_its_one_feature() -> None:
     # No key columns in a single statement's answer: only [applied] and the condition's columns.
-    answer = _answer_rows({"acc_rate": UPDATE}, [{"[applied]": False, "event_ts": T5}])
+    answer = answer_rows({"acc_rate": UPDATE}, [{"[applied]": False, "event_ts": T5}])
     assert guard.learn(["acc_rate"], answer) == {"acc_rate": Known(True, 5000, None)}
 
 
 def test_a_single_update_on_a_missing_row_answers_nothing_but_applied() -> None:
-    answer = _answer_rows({"acc_rate": UPDATE}, [{"[applied]": False}])
+    answer = answer_rows({"acc_rate": UPDATE}, [{"[applied]": False}])
     assert guard.learn(["acc_rate"], answer) == {"acc_rate": guard.MISSING}
 
 
 def test_a_single_update_on_a_row_without_event_ts() -> None:
-    answer = _answer_rows({"acc_rate": UPDATE}, [{"[applied]": False, "event_ts": None}])
+    answer = answer_rows({"acc_rate": UPDATE}, [{"[applied]": False, "event_ts": None}])
     assert guard.learn(["acc_rate"], answer) == {"acc_rate": Known(True, NULL_MS, None)}
 
 
 def test_a_batch_answer_names_its_rows_and_leaves_missing_ones_out() -> None:
     rows = [{"[applied]": False, "entity_key": "k", "feature_name": "a", "event_ts": T5, "created_ts": None}]
-    answer = _answer_rows({"a": UPDATE, "b": UPDATE}, rows)
+    answer = answer_rows({"a": UPDATE, "b": UPDATE}, rows)
     assert guard.learn(["a", "b"], answer) == {"a": Known(True, 5000, NULL_MS), "b": guard.MISSING}
 
 
@@ -68,7 +69,7 @@ class _SilentSession:
 
 
 def test_a_write_gives_up_when_its_budget_runs_out() -> None:
-    store = CassandraStore(CassandraSettings(keyspace="ks"))
+    store = CassandraStore(CassandraOptions(keyspace="ks"))
     session = _SilentSession()
     store._session = session  # never connects: the requests go nowhere
     view = driver_view()
@@ -79,3 +80,31 @@ def test_a_write_gives_up_when_its_budget_runs_out() -> None:
         store.write(view, rows, budget_s=0.3)
     assert 0.3 <= time.monotonic() - started < 2.0
     assert session.sent == 2
+
+
+def test_driver_errors_are_classified_by_their_type() -> None:
+    from cassandra import (
+        AuthenticationFailed,
+        ConsistencyLevel,
+        InvalidRequest,
+        OperationTimedOut,
+        Unauthorized,
+        Unavailable,
+        WriteTimeout,
+        WriteType,
+    )
+    from cassandra.cluster import NoHostAvailable
+    from cassandra.protocol import ConfigurationException, SyntaxException
+
+    from consumer.cassandra.errors import Failure, classify
+
+    cas_timeout = WriteTimeout("timed out during Paxos", consistency=ConsistencyLevel.SERIAL, required_responses=2,
+                               received_responses=1, write_type=WriteType.CAS)
+    for error in (cas_timeout, OperationTimedOut("client gave up"), NoHostAvailable("none", {}),
+                  Unavailable("not enough replicas", ConsistencyLevel.QUORUM, 2, 1), RuntimeError("anything else")):
+        assert classify(error) is Failure.RETRY, error
+    # The words of a message decide nothing: an InvalidRequest that reads like a missing table is one row's.
+    assert classify(InvalidRequest("unconfigured table feast_demo_driver_hourly_stats")) is Failure.ROW
+    for error in (Unauthorized("no"), AuthenticationFailed("no"), SyntaxException(0x2000, "bad", None),
+                  ConfigurationException(0x2300, "bad", None)):
+        assert classify(error) is Failure.FATAL, error

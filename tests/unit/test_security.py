@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from consumer.cassandra.writer import create_keyspace_cql, create_table_cql, quote, ssl_context, table_name
+from consumer.cassandra.connection import ssl_context
+from consumer.cassandra.schema import create_keyspace_cql, create_table_cql, quote, table_name
 from consumer.config import CassandraSettings, load_settings
 from consumer.core.errors import ConfigError, RegistryUnavailable
 from consumer.core.redact import is_secret_property, redact_url
@@ -172,12 +173,12 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_cassandra_is_plaintext_only_without_any_ssl_setting() -> None:
-    assert ssl_context(CassandraSettings()) is None
+    assert ssl_context(CassandraSettings().options()) is None
 
 
 def test_a_cassandra_client_certificate_without_a_ca_file_still_means_tls(tmp_path: Path) -> None:
     cert_file, key_file = _self_signed(tmp_path)
-    context = ssl_context(CassandraSettings(ssl_cert_file=str(cert_file), ssl_key_file=str(key_file)))
+    context = ssl_context(CassandraSettings(ssl_cert_file=str(cert_file), ssl_key_file=str(key_file)).options())
     # TLS, verifying the server (against the system's CAs) and its name.
     assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
@@ -186,7 +187,7 @@ def test_a_cassandra_client_certificate_without_a_ca_file_still_means_tls(tmp_pa
 def test_a_cassandra_ca_file_is_the_one_trusted(tmp_path: Path) -> None:
     cert_file, key_file = _self_signed(tmp_path)
     context = ssl_context(CassandraSettings(ssl_ca_file=str(cert_file), ssl_cert_file=str(cert_file),
-                                            ssl_key_file=str(key_file)))
+                                            ssl_key_file=str(key_file)).options())
     assert context is not None and context.verify_mode == ssl.CERT_REQUIRED
     assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "feature-consumer"),),)]
 
@@ -198,9 +199,9 @@ def test_a_cassandra_key_without_its_certificate_is_refused_at_start_up() -> Non
 
 def test_cassandra_tls_files_that_cannot_be_read_name_their_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cassandra\.ssl_cert_file .*missing\.pem: cannot load"):
-        ssl_context(CassandraSettings(ssl_cert_file=str(tmp_path / "missing.pem")))
+        ssl_context(CassandraSettings(ssl_cert_file=str(tmp_path / "missing.pem")).options())
     with pytest.raises(ConfigError, match=r"cassandra\.ssl_ca_file .*missing\.pem: cannot load"):
-        ssl_context(CassandraSettings(ssl_ca_file=str(tmp_path / "missing.pem")))
+        ssl_context(CassandraSettings(ssl_ca_file=str(tmp_path / "missing.pem")).options())
 
 
 @pytest.mark.parametrize(("url", "shown"), [
