@@ -53,9 +53,9 @@ from consumer.core.guard import NULL_MS
 from consumer.core.store import RowStatus, WriteReport
 from consumer.core.views import FeatureView
 from consumer.decode.coalesce import ViewBatch
-from consumer.kafka.offsets import GroupLagReader, group_lag
+from consumer.events import Events
+from consumer.kafka.offsets import OffsetReader, group_lag
 from consumer.kafka.source import TP
-from consumer.pipeline import Events
 from stack import feastenv, localstack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,7 +338,7 @@ def rss_run(setup: Setup, records: int, entities: int, zipf_s: float) -> tuple[f
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     peak_kib = 0
-    lag = GroupLagReader(settings.kafka.admin_config(), settings.kafka.group_id)
+    lag = OffsetReader(settings.kafka.admin_config(), settings.kafka.group_id)
     try:
         while True:
             status = Path(f"/proc/{proc.pid}/status").read_text()

@@ -1,22 +1,37 @@
-"""Assembling the daemon from its settings: the same wiring for `feature-consumer run` and the benchmarks."""
+"""Assembling the daemon from its settings: the same wiring for `feature-consumer run` and the benchmarks.
+
+This and the CLI are the only places that read `Settings`: every part is handed the small typed values
+it needs (limits, policies, timeouts, connection options, librdkafka configuration).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from consumer.cassandra.writer import CassandraStore
 from consumer.config import Settings
 from consumer.core.errors import TransientError
+from consumer.core.views import views_by_topic
 from consumer.decode.decoder import topic_decoders
 from consumer.decode.registry import RegistryClient, check_registry_subjects
+from consumer.events import EventFanout, Events
 from consumer.kafka.deadletter import DeadLetterProducer
+from consumer.kafka.offsets import OffsetReader
 from consumer.kafka.source import KafkaSource
-from consumer.observe.metrics import HealthServer, LagCollector, Metrics
-from consumer.pipeline import EventFanout, Events, Pipeline
+from consumer.observe.health import HealthServer, StoreProbe
+from consumer.observe.lag import LagCollector
+from consumer.observe.metrics import Metrics
+from consumer.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+
+class _Service(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -26,29 +41,30 @@ class Daemon:
     dead_letters: DeadLetterProducer
     metrics: Metrics
     server: HealthServer | None
-    collector: LagCollector | None
+    # Threads beside the loop: the lag collector and the Cassandra probe (with `serve_metrics`).
+    monitors: list[_Service] = field(default_factory=list)
 
     def start_monitoring(self) -> None:
-        if self.server is not None:
-            self.server.start()
-        if self.collector is not None:
-            self.collector.start()
+        for service in [*([self.server] if self.server else []), *self.monitors]:
+            service.start()
 
     def close(self) -> None:
-        if self.collector is not None:
-            self.collector.stop()
-        if self.server is not None:
-            self.server.stop()
+        for service in [*self.monitors, *([self.server] if self.server else [])]:
+            service.stop()
         self.dead_letters.close()
         self.store.close()
+
+
+def registry_client(settings: Settings) -> RegistryClient | None:
+    if settings.schema_registry is None:
+        return None
+    return RegistryClient(settings.schema_registry.url, settings.schema_registry.client_config())
 
 
 def build(settings: Settings, serve_metrics: bool = True, extra_events: Events | None = None,
           stop: threading.Event | None = None) -> Daemon:
     """The whole daemon for these settings; call `start_monitoring()` then `pipeline.run()`."""
-    registry = None
-    if settings.schema_registry is not None:
-        registry = RegistryClient(settings.schema_registry.url, settings.schema_registry.client_config())
+    registry = registry_client(settings)
     decoders = topic_decoders(settings.views, registry)
     if registry is not None:
         try:
@@ -59,24 +75,23 @@ def build(settings: Settings, serve_metrics: bool = True, extra_events: Events |
     dead_letters = DeadLetterProducer(
         settings.kafka.producer_config(), settings.kafka.dead_letter_topic, settings.kafka.group_id
     )
-    views_by_topic: dict[str, list[str]] = {}
-    for view in settings.views:
-        for topic in view.topics:
-            views_by_topic.setdefault(topic, []).append(view.name)
-    metrics = Metrics(views_by_topic=views_by_topic)
+    metrics = Metrics(views_by_topic={topic: [v.name for v in views]
+                                      for topic, views in views_by_topic(settings.views).items()})
     events: Events = metrics if extra_events is None else EventFanout([metrics, extra_events])
     pipeline = Pipeline(
-        settings, decoders, store, dead_letters,
+        decoders, store, dead_letters,
         lambda listener: KafkaSource(settings.kafka.consumer_config(), settings.topics, listener),
-        events=events, stop=stop,
+        limits=settings.limits.limits(), policy=settings.batch.policy(), backoff=settings.run.backoff(),
+        drain_timeout_s=settings.run.drain_timeout_s, events=events, stop=stop,
     )
-    server = collector = None
-    if serve_metrics:
-        server = HealthServer(metrics, settings.metrics.host, settings.metrics.port, settings.metrics.stuck_after_s)
-        # A consumer of its own that never subscribes: it only asks for watermarks and the group's committed
-        # offsets, and its life does not depend on the loop's consumer.
-        probe = KafkaSource(settings.kafka.consumer_config(), settings.topics, pipeline)
-        reset = settings.kafka.auto_offset_reset
-        collector = LagCollector(metrics, probe.log_ends, lambda tps: probe.start_offsets(tps, reset), store.ping,
-                                 settings.metrics.lag_interval_s, on_stop=probe.close)
-    return Daemon(pipeline, store, dead_letters, metrics, server, collector)
+    if not serve_metrics:
+        return Daemon(pipeline, store, dead_letters, metrics, None)
+    server = HealthServer(metrics, settings.metrics.host, settings.metrics.port, settings.metrics.stuck_after_s)
+    # A consumer handle of its own that never subscribes: it only asks for watermarks and the group's
+    # committed offsets, and its life does not depend on the loop's consumer.
+    offsets = OffsetReader(settings.kafka.consumer_config(), settings.kafka.group_id)
+    monitors: list[_Service] = [
+        LagCollector(metrics, offsets, settings.kafka.auto_offset_reset, settings.metrics.lag_interval_s),
+        StoreProbe(metrics, store.ping, settings.metrics.lag_interval_s),
+    ]
+    return Daemon(pipeline, store, dead_letters, metrics, server, monitors)

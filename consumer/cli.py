@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from consumer import __version__
 from consumer.core.errors import ConfigError, FeatureConsumerError, TransientError
@@ -39,14 +39,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.config is None and args.feast_repo is None:
         raise ConfigError("give --config FILE, --feast-repo PATH, or both")
     return load_settings(args.config, feast_repo=args.feast_repo)
-
-
-def _registry(settings: Settings) -> Any:
-    if settings.schema_registry is None:
-        return None
-    from consumer.decode.registry import RegistryClient
-
-    return RegistryClient(settings.schema_registry.url, settings.schema_registry.client_config())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -144,18 +136,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if settings.schema_registry is not None:
         def registry() -> str:
+            from consumer.app import registry_client
             from consumer.decode.registry import check_registry_subjects
 
-            client = _registry(settings)
+            client = registry_client(settings)
+            assert client is not None
             check_registry_subjects(settings.views, client)
             return f"{client.url}: view subjects resolve"
 
         results.append(_check("schema registry", registry))
 
     def schemas() -> str:
+        from consumer.app import registry_client
         from consumer.decode.decoder import topic_decoders
 
-        topic_decoders(settings.views, _registry(settings))
+        topic_decoders(settings.views, registry_client(settings))
         return "every view's schema source resolves against the view"
 
     results.append(_check("views", schemas))

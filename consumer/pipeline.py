@@ -29,13 +29,12 @@ from typing import Protocol
 
 from confluent_kafka import Message
 
-from consumer.config import Settings
 from consumer.core.errors import TransientError, WriteRefused
 from consumer.core.policy import Backoff, BatchPolicy, Limits
-from consumer.core.store import Store, WriteReport
-from consumer.decode.assemble import Batch, Rejected, assemble, source_of
-from consumer.decode.coalesce import ViewBatch
+from consumer.core.store import Store
+from consumer.decode.assemble import Rejected, assemble, source_of
 from consumer.decode.decoder import TopicDecoder
+from consumer.events import Events
 from consumer.kafka.source import TP, RebalanceListener
 
 log = logging.getLogger(__name__)
@@ -63,68 +62,6 @@ class DeadLetters(Protocol):
     def close(self) -> None: ...
 
 
-class Events:
-    """What the loop reports as it goes; the metrics module listens. The base class ignores everything."""
-
-    def loop_turned(self, now: float) -> None: ...
-    def received(self, messages: list[Message]) -> None: ...
-    def batch_assembled(self, batch: Batch) -> None: ...
-    def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None: ...
-    def dead_lettered(self, rejected: list[Rejected]) -> None: ...
-    def committed(self, offsets: Mapping[TP, int], now: float) -> None: ...
-    def assigned(self, partitions: list[TP]) -> None: ...
-    def revoked(self, partitions: list[TP], lost: bool) -> None: ...
-    def paused(self, partitions: set[TP], paused: bool) -> None: ...
-    def failed(self, error: TransientError) -> None: ...
-
-
-class EventFanout(Events):
-    """Reports every event to several listeners, in order."""
-
-    def __init__(self, listeners: list[Events]) -> None:
-        self.listeners = listeners
-
-    def loop_turned(self, now: float) -> None:
-        for listener in self.listeners:
-            listener.loop_turned(now)
-
-    def received(self, messages: list[Message]) -> None:
-        for listener in self.listeners:
-            listener.received(messages)
-
-    def batch_assembled(self, batch: Batch) -> None:
-        for listener in self.listeners:
-            listener.batch_assembled(batch)
-
-    def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None:
-        for listener in self.listeners:
-            listener.view_written(view_batch, report, now)
-
-    def dead_lettered(self, rejected: list[Rejected]) -> None:
-        for listener in self.listeners:
-            listener.dead_lettered(rejected)
-
-    def committed(self, offsets: Mapping[TP, int], now: float) -> None:
-        for listener in self.listeners:
-            listener.committed(offsets, now)
-
-    def assigned(self, partitions: list[TP]) -> None:
-        for listener in self.listeners:
-            listener.assigned(partitions)
-
-    def revoked(self, partitions: list[TP], lost: bool) -> None:
-        for listener in self.listeners:
-            listener.revoked(partitions, lost)
-
-    def paused(self, partitions: set[TP], paused: bool) -> None:
-        for listener in self.listeners:
-            listener.paused(partitions, paused)
-
-    def failed(self, error: TransientError) -> None:
-        for listener in self.listeners:
-            listener.failed(error)
-
-
 @dataclass(frozen=True)
 class Clock:
     wall: Callable[[], float] = time.time
@@ -149,24 +86,27 @@ class _State:
 class Pipeline(RebalanceListener):
     def __init__(
         self,
-        settings: Settings,
         decoders: Mapping[str, TopicDecoder],
         store: Store,
         dead_letters: DeadLetters,
         source_factory: Callable[[RebalanceListener], Source],
+        limits: Limits,
+        policy: BatchPolicy,
+        backoff: Backoff,
+        drain_timeout_s: float,
         events: Events | None = None,
         clock: Clock | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        self.settings = settings
         self.decoders = decoders
         self.store = store
         self.dead_letters = dead_letters
         self.events = events or Events()
         self.clock = clock or Clock()
-        self.limits: Limits = settings.limits.limits()
-        self.policy = BatchPolicy(settings.batch.max_records, settings.batch.max_wait_ms, settings.batch.max_bytes)
-        self.backoff = Backoff(settings.run.backoff_min_ms, settings.run.backoff_max_ms)
+        self.limits = limits
+        self.policy = policy
+        self.backoff = backoff
+        self.drain_timeout_s = drain_timeout_s
         self.state = _State()
         self._drain_deadline: float | None = None  # monotonic seconds, once shutting down
         self._stop = stop or threading.Event()
@@ -390,7 +330,7 @@ class Pipeline(RebalanceListener):
     def shutdown(self) -> None:
         """Drain within the configured time, commit synchronously, leave the group."""
         st = self.state
-        deadline = self._drain_deadline = self.clock.monotonic() + self.settings.run.drain_timeout_s
+        deadline = self._drain_deadline = self.clock.monotonic() + self.drain_timeout_s
         while st.buffer and self.clock.monotonic() < deadline:
             if st.retry_at > self.clock.monotonic():
                 self.clock.sleep(max(0.0, min(st.retry_at, deadline) - self.clock.monotonic()))

@@ -32,7 +32,7 @@ from consumer.cassandra.writer import CassandraStore  # noqa: E402
 from consumer.config import load_settings  # noqa: E402
 from consumer.core.dtypes import DTYPES, ENTITY_VALUE_TYPES  # noqa: E402
 from consumer.feast.codec import decode_value, serialize_entity_key  # noqa: E402
-from consumer.kafka.offsets import GroupLagReader, format_table  # noqa: E402
+from consumer.kafka.offsets import OffsetReader, format_table  # noqa: E402
 from stack import localstack  # noqa: E402
 
 HOUR_US = 3_600_000_000
@@ -105,7 +105,7 @@ def main() -> int:
           "and one record that is not Avro\n")
 
     log_path = workdir / "daemon.log"
-    with log_path.open("wb") as log, GroupLagReader(settings.kafka.admin_config(), settings.kafka.group_id) as lag:
+    with log_path.open("wb") as log, OffsetReader(settings.kafka.admin_config(), settings.kafka.group_id) as lag:
         daemon = subprocess.Popen([*cli, "run", "-c", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
         started = time.monotonic()
         while True:

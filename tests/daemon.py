@@ -17,7 +17,7 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.kafka.offsets import GroupLagReader, PartitionLag
+from consumer.kafka.offsets import OffsetReader, PartitionLag
 from stack.localstack import Endpoints
 from tests.helpers import DRIVER_SCHEMA_PATH
 from tests.workload import Event
@@ -40,7 +40,7 @@ class Deployment:
     registry_url: str | None = None
     # Another view than the seed's driver_hourly_stats (config-file form; its topic is replaced).
     view: dict[str, Any] | None = None
-    _lag: GroupLagReader | None = field(default=None, repr=False)
+    _lag: OffsetReader | None = field(default=None, repr=False)
 
     @property
     def group(self) -> str:
@@ -109,7 +109,7 @@ class Deployment:
     def lag(self) -> list[PartitionLag]:
         if self._lag is None:
             # One client for all the polling: librdkafka handles are not meant to be made by the hundred.
-            self._lag = GroupLagReader({"bootstrap.servers": self.endpoints.bootstrap_servers}, self.group)
+            self._lag = OffsetReader({"bootstrap.servers": self.endpoints.bootstrap_servers}, self.group)
         return self._lag.read([self.topic])
 
     def close(self) -> None:

@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from consumer.cassandra.connection import CassandraOptions
 from consumer.core.errors import ConfigError
-from consumer.core.policy import Limits
+from consumer.core.policy import Backoff, BatchPolicy, Limits
 from consumer.core.redact import describe_validation_error, is_secret_property, redact_url
 from consumer.core.views import TOPIC, FeatureView, check_identifier, check_views, parse_views
 
@@ -244,6 +244,9 @@ class BatchSettings(_Section):
     # by queued.max.messages.kbytes).
     max_bytes: int = Field(32 << 20, ge=1)
 
+    def policy(self) -> BatchPolicy:
+        return BatchPolicy(self.max_records, self.max_wait_ms, self.max_bytes)
+
 
 class LimitsSettings(_Section):
     max_value_bytes: int = Field(1 << 20, ge=1)
@@ -260,6 +263,9 @@ class RunSettings(_Section):
     # Retry pause after a transient failure grows from min to max.
     backoff_min_ms: int = Field(200, ge=1)
     backoff_max_ms: int = Field(10_000, ge=1)
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_min_ms, self.backoff_max_ms)
 
 
 class MetricsSettings(_Section):

@@ -91,40 +91,6 @@ class KafkaSource:
         if failed:
             raise TransientError(f"commit failed for {_tps(failed)}: {failed[0].error}")
 
-    def topic_partitions(self, topics: Iterable[str], timeout_s: float = 10.0) -> list[TP]:
-        """The partitions of those of `topics` that exist, in order."""
-        metadata = self._consumer.list_topics(timeout=timeout_s)
-        return [(t, p) for t in sorted(set(topics)) if t in metadata.topics
-                for p in sorted(metadata.topics[t].partitions)]
-
-    def committed(self, partitions: Iterable[TP], timeout_s: float = 10.0) -> dict[TP, int]:
-        """The group's committed offsets (negative where there is none); raises KafkaException when the
-        answer for a partition failed, which is not the same as nothing committed."""
-        tps = [TopicPartition(t, p) for t, p in partitions]
-        if not tps:
-            return {}
-        out = {}
-        for tp in self._consumer.committed(tps, timeout=timeout_s):
-            if tp.error is not None:
-                raise KafkaException(tp.error)
-            out[(tp.topic, tp.partition)] = tp.offset
-        return out
-
-    def watermarks(self, partition: TP, timeout_s: float = 5.0) -> tuple[int, int]:
-        """(low, high) watermark, asked of the partition's leader (not the cache, stale while paused)."""
-        low, high = self._consumer.get_watermark_offsets(TopicPartition(*partition), timeout=timeout_s, cached=False)
-        return int(low), int(high)
-
-    def log_ends(self, partitions: Iterable[TP]) -> dict[TP, int]:
-        return {tp: self.watermarks(tp)[1] for tp in partitions}
-
-    def start_offsets(self, partitions: Iterable[TP], reset: str) -> dict[TP, int]:
-        """The group's committed offsets; where there is none, where `auto.offset.reset` starts."""
-        out = {}
-        for tp, offset in self.committed(partitions).items():
-            out[tp] = offset if offset >= 0 else self.watermarks(tp)[0 if reset == "earliest" else 1]
-        return out
-
     def close(self) -> None:
         self._consumer.close()
 

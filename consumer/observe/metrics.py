@@ -1,4 +1,4 @@
-"""Prometheus metrics, lag collection, and the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+"""Prometheus metrics: the series, fed by the loop's events and by the lag collector (lag.py).
 
 Lag, per assigned partition:
 
@@ -24,20 +24,17 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from confluent_kafka import Message
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumer.core.errors import TransientError
 from consumer.core.store import RowStatus, WriteReport
 from consumer.decode.assemble import Batch, Rejected
 from consumer.decode.coalesce import ViewBatch
+from consumer.events import Events
 from consumer.kafka.source import TP
-from consumer.pipeline import Events
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +99,8 @@ class Metrics(Events):
         self.last_turn: float | None = None
         self.assignment_received = False
         self.store_answers = False
+        # Set when partitions are assigned: the lag collector asks about them at once.
+        self.assignment_changed = threading.Event()
         # Per partition: committed offset, log end, caught-up time, and (offset, timestamp in s) of every
         # record read and not yet committed, oldest first (at most the loop's buffer).
         self.owned: set[TP] = set()
@@ -181,6 +180,7 @@ class Metrics(Events):
                 self.owned.add(tp)
                 self.caught_up_at.setdefault(tp, now)
             self.m_assigned_partitions.set(len(self.owned))
+        self.assignment_changed.set()
 
     def revoked(self, partitions: list[TP], lost: bool) -> None:
         with self._lock:
@@ -224,12 +224,11 @@ class Metrics(Events):
         for tp in self.owned:
             end = self.log_ends.get(tp)
             committed = self.committed_offsets.get(tp)
+            if end is None or committed is None:
+                continue  # no figure before the brokers were asked: the offset read so far is not the log end
             pending = self.pending.get(tp)
             if pending:
-                read_end = pending[-1][0] + 1
-                end = read_end if end is None else max(end, read_end)
-            if end is None or committed is None:
-                continue
+                end = max(end, pending[-1][0] + 1)
             lag = max(0, end - committed)
             self.m_lag_offsets.labels(*_labels(tp)).set(lag)
             if lag == 0:
@@ -264,104 +263,3 @@ class Metrics(Events):
 
 def _labels(tp: TP) -> tuple[str, str]:
     return tp[0], str(tp[1])
-
-
-class LagCollector(threading.Thread):
-    """Asks the brokers for log end offsets of the assigned partitions, and Cassandra whether it answers.
-
-    It goes through the consumer's own handle (watermark and committed-offset queries), not the admin API:
-    librdkafka's admin requests have aborted the process when a broker went away mid-request.
-    """
-
-    def __init__(self, metrics: Metrics, log_end: Callable[[Iterable[TP]], dict[TP, int]],
-                 committed: Callable[[Iterable[TP]], dict[TP, int]], ping: Callable[[], object],
-                 interval_s: float, on_stop: Callable[[], None] | None = None) -> None:
-        super().__init__(name="lag-collector", daemon=True)
-        self.metrics = metrics
-        self._log_end = log_end
-        self._committed = committed
-        self._ping = ping
-        self.interval_s = interval_s
-        self._on_stop = on_stop
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._stop_event.is_set():
-                self.collect()
-                self._stop_event.wait(self.interval_s)
-        finally:
-            if self._on_stop is not None:
-                self._on_stop()
-
-    def collect(self) -> None:
-        partitions = set(self.metrics.snapshot())
-        try:
-            unknown = [tp for tp, (committed, _) in self.metrics.snapshot().items() if committed is None]
-            if unknown:
-                self.metrics.seed_committed(self._committed(unknown))
-            if partitions:
-                self.metrics.update_log_end(self._log_end(partitions))
-        except Exception as exc:  # noqa: BLE001 - a failed collection leaves the last figures; it is retried
-            log.warning("lag collection failed: %s", exc)
-        self.metrics.refresh()
-        try:
-            self._ping()
-            self.metrics.store_answers = True
-        except Exception:  # noqa: BLE001 - any failure means "Cassandra does not answer"
-            self.metrics.store_answers = False
-
-    def stop(self, timeout_s: float = 3.0) -> None:
-        self._stop_event.set()
-        if self.ident is None:  # never started: nothing runs the clean-up
-            if self._on_stop is not None:
-                self._on_stop()
-        elif self.is_alive():
-            self.join(timeout_s)
-
-
-class HealthServer:
-    """`/metrics`, `/healthz` and `/readyz` on one port."""
-
-    def __init__(self, metrics: Metrics, host: str, port: int, stuck_after_s: float) -> None:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    outer.metrics.refresh()
-                    self._send(200, generate_latest(outer.metrics.registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    ok = outer.metrics.healthy(stuck_after_s)
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"loop stuck\n")
-                elif path == "/readyz":
-                    ok = outer.metrics.ready()
-                    why = b"ready\n" if ok else (b"no assignment yet\n" if not outer.metrics.assignment_received
-                                                 else b"cassandra does not answer\n")
-                    self._send(200 if ok else 503, why)
-                else:
-                    self._send(404, b"not found\n")
-
-            def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.metrics = metrics
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():  # shutdown() waits for serve_forever, which never ran if not started
-            self.server.shutdown()
-        self.server.server_close()

@@ -25,7 +25,7 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from consumer.kafka.offsets import GroupLagReader
+from consumer.kafka.offsets import OffsetReader
 from stack import feastenv
 
 pytestmark = [pytest.mark.feast, pytest.mark.integration]
@@ -110,7 +110,7 @@ def avro(schema: dict[str, Any], record: dict[str, Any]) -> bytes:
 
 
 def wait_caught_up(bootstrap: str, group: str, topics: list[str], proc: subprocess.Popen[bytes], log: Path) -> None:
-    with GroupLagReader({"bootstrap.servers": bootstrap}, group) as lag:
+    with OffsetReader({"bootstrap.servers": bootstrap}, group) as lag:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()[-4000:]

@@ -7,7 +7,7 @@ import numpy as np
 from consumer.core.store import EncodedRows, RowStatus, WriteReport
 from consumer.decode.coalesce import ViewBatch
 from consumer.observe.metrics import Metrics
-from tests.helpers import FakeMessage, driver_view
+from tests.helpers import FakeMessage, driver_view, wait_for
 
 TP0 = ("t", 0)
 
@@ -141,3 +141,53 @@ def test_health_and_readiness() -> None:
     assert m.healthy(stuck_after_s=5)
     m.clock.now += 6  # type: ignore[attr-defined]
     assert not m.healthy(stuck_after_s=5)
+
+
+def test_no_lag_figure_before_the_brokers_gave_the_log_end() -> None:
+    """Records read so far are not the log end: before the collector's first answer there is no figure."""
+    m, _ = make()
+    m.seed_committed({TP0: 10})
+    m.received([TimedMessage(0, o, 999.0) for o in range(10, 15)])
+    m.refresh()
+    assert sample(m, "feature_consumer_lag_offsets") is None
+    m.update_log_end({TP0: 5000})
+    assert sample(m, "feature_consumer_lag_offsets") == 4990
+
+
+def test_lag_is_collected_while_cassandra_hangs() -> None:
+    """The lag collector and the Cassandra probe are separate threads: a ping that hangs for its whole
+    request timeout does not hold up the log end offsets."""
+    import threading
+
+    from consumer.observe.health import StoreProbe
+    from consumer.observe.lag import LagCollector
+
+    m, _ = make()
+    m.seed_committed({TP0: 0})
+    hang = threading.Event()
+    ends = iter(range(100, 10_000, 100))
+
+    class Offsets:
+        def log_ends(self, partitions: object, timeout_s: float = 5.0) -> dict[tuple[str, int], int]:
+            return {TP0: next(ends)}
+
+        def start_offsets(self, partitions: object, reset: object,
+                          timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+            return {}
+
+        def close(self) -> None:
+            pass
+
+    collector = LagCollector(m, Offsets(), "earliest", interval_s=0.05)
+    probe = StoreProbe(m, lambda: hang.wait(10), interval_s=0.05)
+    probe.start()
+    collector.start()
+    try:
+        # Five collections, all while the first ping still hangs (it would for 10 s).
+        wait_for(lambda: (sample(m, "feature_consumer_log_end_offset") or 0) >= 500, timeout_s=8,
+                 what="log end offsets collected while the ping hangs")
+        assert not hang.is_set() and probe.is_alive()
+    finally:
+        hang.set()
+        collector.stop()
+        probe.stop()

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from consumer.config import Settings
+from consumer.core.policy import Backoff, BatchPolicy, Limits
 from consumer.decode.decoder import TopicDecoder
 from consumer.decode.schema import load_writer_schema
-from consumer.pipeline import Clock, Events, Pipeline
+from consumer.events import Events
+from consumer.pipeline import Clock, Pipeline
 from tests.fakes import FakeClock, FakeDeadLetters, FakeSource, FakeStore
 from tests.helpers import DRIVER_SCHEMA, T0_MICROS, FakeMessage, driver_body, driver_view
 
@@ -18,12 +19,9 @@ P0, P1 = (TOPIC, 0), (TOPIC, 1)
 
 
 class Harness:
-    def __init__(self, max_records: int = 4, max_wait_ms: int = 1000, events: Events | None = None) -> None:
+    def __init__(self, max_records: int = 4, max_wait_ms: int = 1000, events: Events | None = None,
+                 max_bytes: int = 32 << 20) -> None:
         view = driver_view()
-        self.settings = Settings(
-            batch={"max_records": max_records, "max_wait_ms": max_wait_ms},
-            run={"backoff_min_ms": 100, "backoff_max_ms": 1000, "drain_timeout_s": 5},
-        ).with_views([view])
         import json
 
         decoders = {TOPIC: TopicDecoder(TOPIC, [view], file_schema=load_writer_schema(json.dumps(DRIVER_SCHEMA)))}
@@ -36,7 +34,9 @@ class Harness:
             self.source = FakeSource(listener, self.clock)
             return self.source
 
-        self.pipeline = Pipeline(self.settings, decoders, self.store, self.dlq, make_source,
+        self.pipeline = Pipeline(decoders, self.store, self.dlq, make_source, limits=Limits(),
+                                 policy=BatchPolicy(max_records, max_wait_ms, max_bytes),
+                                 backoff=Backoff(100, 1000), drain_timeout_s=5,
                                  clock=Clock(self.clock.wall, self.clock.monotonic, self.clock.sleep),
                                  events=events)
         self.view = view
@@ -77,8 +77,7 @@ def test_a_full_batch_is_written_then_committed(h: Harness) -> None:
 
 
 def test_large_records_make_batches_bounded_in_bytes() -> None:
-    h = Harness(max_records=100)
-    h.pipeline.policy = type(h.pipeline.policy)(100, 1000, max_bytes=3 * len(driver_body(driver_id=0)))
+    h = Harness(max_records=100, max_bytes=3 * len(driver_body(driver_id=0)))
     h.source.rebalance("assign", [P0, P1])
     h.produce(0, [driver_body(driver_id=i) for i in range(7)])
     h.steps(3)

@@ -1,0 +1,49 @@
+"""What the loop reports as it goes: the metrics listen, and so can a benchmark's probe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import Message
+
+from consumer.core.errors import TransientError
+from consumer.core.store import WriteReport
+from consumer.decode.assemble import Batch, Rejected
+from consumer.decode.coalesce import ViewBatch
+from consumer.kafka.source import TP
+
+
+class Events:
+    """What the loop reports as it goes; the metrics module listens. The base class ignores everything."""
+
+    def loop_turned(self, now: float) -> None: ...
+    def received(self, messages: list[Message]) -> None: ...
+    def batch_assembled(self, batch: Batch) -> None: ...
+    def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None: ...
+    def dead_lettered(self, rejected: list[Rejected]) -> None: ...
+    def committed(self, offsets: Mapping[TP, int], now: float) -> None: ...
+    def assigned(self, partitions: list[TP]) -> None: ...
+    def revoked(self, partitions: list[TP], lost: bool) -> None: ...
+    def paused(self, partitions: set[TP], paused: bool) -> None: ...
+    def failed(self, error: TransientError) -> None: ...
+
+
+class EventFanout(Events):
+    """Reports every event to several listeners, in order."""
+
+    def __init__(self, listeners: list[Events]) -> None:
+        self.listeners = listeners
+
+
+def _fan_out(name: str) -> Callable[..., None]:
+    def report(self: EventFanout, *args: Any) -> None:
+        for listener in self.listeners:
+            getattr(listener, name)(*args)
+
+    report.__name__ = name
+    return report
+
+
+for _name in [n for n in vars(Events) if not n.startswith("_")]:
+    setattr(EventFanout, _name, _fan_out(_name))
