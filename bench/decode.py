@@ -38,6 +38,7 @@ from consumer.decode.decoder import topic_decoders
 from consumer.decode.registry import RegistryClient
 from consumer.decode.schema import strip_logical_types
 from stack import localstack
+from stack.example import example_view_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "schemas" / "driver_hourly_stats.avsc").read_text())
@@ -114,15 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             return count
         return run
 
-    view_spec = {
-        "name": "driver_hourly_stats", "project": "feast_demo", "topics": [topic],
-        "entities": [{"name": "driver_id", "value_type": "INT64"}],
-        "features": [{"name": "conv_rate", "dtype": "Float32"}, {"name": "acc_rate", "dtype": "Float32"},
-                     {"name": "avg_daily_trips", "dtype": "Int64"}],
-        "timestamp_field": "event_timestamp", "created_timestamp_field": "created",
-        "schema": {"registry": True},
-    }
-    decoders = topic_decoders(parse_views([view_spec]), RegistryClient(endpoints.registry_url))
+    decoders = topic_decoders(parse_views([example_view_spec(topic, registry=True)]),
+                              RegistryClient(endpoints.registry_url))
     limits = Limits(max_future_ms=None)
     now_ms = T0 // 1000
 

@@ -57,6 +57,7 @@ from consumer.events import Events
 from consumer.kafka.offsets import OffsetReader, group_lag
 from consumer.kafka.source import TP
 from stack import feastenv, localstack
+from stack.example import example_view_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "schemas" / "driver_hourly_stats.avsc").read_text())
@@ -155,14 +156,7 @@ class Setup:
                           "replication": {"class": "SimpleStrategy", "replication_factor": 1}},
             "limits": {"max_future_ms": None},
             "metrics": {"port": 0},
-            "views": [{
-                "name": "driver_hourly_stats", "project": "feast_demo", "topics": [topic],
-                "entities": [{"name": "driver_id", "value_type": "INT64"}],
-                "features": [{"name": "conv_rate", "dtype": "Float32"}, {"name": "acc_rate", "dtype": "Float32"},
-                             {"name": "avg_daily_trips", "dtype": "Int64"}],
-                "timestamp_field": "event_timestamp", "created_timestamp_field": "created",
-                "schema": {"file": str(ROOT / "schemas" / "driver_hourly_stats.avsc")},
-            }],
+            "views": [example_view_spec(topic)],
         }
         path = self.workdir / f"{topic}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -195,7 +189,7 @@ def seed_store(store: CassandraStore, view: FeatureView, keys: list[str]) -> Non
 
 
 def entity_keys(records: Sequence[Record], view: FeatureView) -> list[str]:
-    from consumer.feast.codec import entity_key_hex
+    from consumer.feast.keys import entity_key_hex
 
     ids = np.array(sorted({r.driver_id for r in records}), dtype=np.int64)
     return entity_key_hex(view.join_keys, [ids], 3)

@@ -8,8 +8,9 @@ from typing import Any
 from confluent_kafka import Message
 
 from consumer.core.errors import TransientError
+from consumer.core.records import Rejected
 from consumer.core.store import WriteReport
-from consumer.decode.assemble import Batch, Rejected
+from consumer.decode.assemble import Batch
 from consumer.decode.coalesce import ViewBatch
 from consumer.kafka.source import TP
 

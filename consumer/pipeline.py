@@ -31,8 +31,9 @@ from confluent_kafka import Message
 
 from consumer.core.errors import TransientError, WriteRefused
 from consumer.core.policy import Backoff, BatchPolicy, Limits
+from consumer.core.records import Rejected, source_of
 from consumer.core.store import Store
-from consumer.decode.assemble import Rejected, assemble, source_of
+from consumer.decode.assemble import assemble
 from consumer.decode.decoder import TopicDecoder
 from consumer.events import Events
 from consumer.kafka.source import TP, RebalanceListener

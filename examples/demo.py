@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 from consumer.cassandra.writer import CassandraStore  # noqa: E402
 from consumer.config import load_settings  # noqa: E402
 from consumer.core.dtypes import DTYPES, ENTITY_VALUE_TYPES  # noqa: E402
-from consumer.feast.codec import decode_value, serialize_entity_key  # noqa: E402
+from consumer.feast.keys import serialize_entity_key  # noqa: E402
+from consumer.feast.values import decode_value  # noqa: E402
 from consumer.kafka.offsets import OffsetReader, format_table  # noqa: E402
 from stack import localstack  # noqa: E402
 

@@ -18,8 +18,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.kafka.offsets import OffsetReader, PartitionLag
+from stack.example import example_view_spec
 from stack.localstack import Endpoints
-from tests.helpers import DRIVER_SCHEMA_PATH
 from tests.workload import Event
 
 
@@ -63,14 +63,8 @@ class Deployment:
             "batch": self.batch,
             "run": self.run,
             "metrics": {"host": "127.0.0.1", "port": metrics_port},
-            "views": [{**self.view, "topics": [self.topic]}] if self.view else [{
-                "name": "driver_hourly_stats", "project": "feast_demo", "topics": [self.topic],
-                "entities": [{"name": "driver_id", "value_type": "INT64"}],
-                "features": [{"name": "conv_rate", "dtype": "Float32"}, {"name": "acc_rate", "dtype": "Float32"},
-                             {"name": "avg_daily_trips", "dtype": "Int64"}],
-                "timestamp_field": "event_timestamp", "created_timestamp_field": "created",
-                "schema": {"registry": True} if self.registry_url else {"file": str(DRIVER_SCHEMA_PATH)},
-            }],
+            "views": [{**self.view, "topics": [self.topic]} if self.view else
+                      example_view_spec(self.topic, registry=self.registry_url is not None)],
         }
         if self.registry_url:
             config["schema_registry"] = {"url": self.registry_url}

@@ -16,9 +16,10 @@ import fastavro
 
 from consumer.core.views import FeatureView
 from consumer.decode.schema import strip_logical_types
+from stack.example import SCHEMA_PATH, example_view_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-DRIVER_SCHEMA_PATH = ROOT / "schemas" / "driver_hourly_stats.avsc"
+DRIVER_SCHEMA_PATH = SCHEMA_PATH
 DRIVER_SCHEMA: dict[str, Any] = json.loads(DRIVER_SCHEMA_PATH.read_text())
 T0_MICROS = 1_700_000_000_000_000  # 2023-11-14T22:13:20Z
 NOW_MS = T0_MICROS // 1000 + 3_600_000
@@ -104,21 +105,8 @@ def driver_body(**fields: Any) -> bytes:
 
 
 def driver_view_spec(**overrides: Any) -> dict[str, Any]:
-    """The config-file form of the seed's driver_hourly_stats view."""
-    spec: dict[str, Any] = {
-        "name": "driver_hourly_stats",
-        "project": "feast_demo",
-        "topics": ["driver_stats"],
-        "entities": [{"name": "driver_id", "value_type": "INT64"}],
-        "features": [
-            {"name": "conv_rate", "dtype": "Float32"},
-            {"name": "acc_rate", "dtype": "Float32"},
-            {"name": "avg_daily_trips", "dtype": "Int64"},
-        ],
-        "timestamp_field": "event_timestamp",
-        "created_timestamp_field": "created",
-        "schema": {"file": str(DRIVER_SCHEMA_PATH)},
-    }
+    """The config-file form of the example driver_hourly_stats view (stack/example.py)."""
+    spec = example_view_spec("driver_stats")
     spec.update(overrides)
     return spec
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from consumer.core.dtypes import DTYPES, ENTITY_VALUE_TYPES
 from consumer.core.guard import NULL_MS
-from consumer.feast.codec import decode_value, serialize_entity_key
+from consumer.feast.keys import serialize_entity_key
+from consumer.feast.values import decode_value
 from tests.helpers import DRIVER_SCHEMA, plain_schema
 
 PARSED = fastavro.parse_schema(json.loads(json.dumps(plain_schema(DRIVER_SCHEMA))))

@@ -1,6 +1,6 @@
 """Configuration: read at the edge (the CLI and app), handed to the parts as small typed values."""
 
-from consumer.config.settings import (
+from consumer.config.sections import (
     BatchSettings,
     CassandraSettings,
     KafkaSettings,
@@ -8,10 +8,8 @@ from consumer.config.settings import (
     MetricsSettings,
     RegistrySettings,
     RunSettings,
-    Settings,
-    load_settings,
-    secret_files,
 )
+from consumer.config.settings import Settings, load_settings, secret_files
 
 __all__ = ["BatchSettings", "CassandraSettings", "KafkaSettings", "LimitsSettings", "MetricsSettings",
            "RegistrySettings", "RunSettings", "Settings", "load_settings", "secret_files"]

@@ -8,11 +8,20 @@ they are loaded; every error names the view and the field.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from consumer.core.dtypes import Dtype, parse_dtype, parse_entity_type
 from consumer.core.errors import ConfigError
@@ -37,36 +46,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
 
+def _identifier(what: str) -> AfterValidator:
+    return AfterValidator(lambda value: check_identifier(value, what))
+
+
+def _dtype(parse: Callable[[str], Dtype]) -> BeforeValidator:
+    return BeforeValidator(lambda value: value if isinstance(value, Dtype) else parse(str(value)))
+
+
 class Entity(_Model):
     """A join key of the view and its Feast value type."""
 
-    name: str
-    value_type: Dtype
-
-    @field_validator("value_type", mode="before")
-    @classmethod
-    def _parse_type(cls, value: Any) -> Dtype:
-        return value if isinstance(value, Dtype) else parse_entity_type(str(value))
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_identifier(value, "join key")
+    name: Annotated[str, _identifier("join key")]
+    value_type: Annotated[Dtype, _dtype(parse_entity_type)]
 
 
 class Feature(_Model):
-    name: str
-    dtype: Dtype
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _parse_dtype(cls, value: Any) -> Dtype:
-        return value if isinstance(value, Dtype) else parse_dtype(str(value))
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return check_identifier(value, "feature name")
+    name: Annotated[str, _identifier("feature name")]
+    dtype: Annotated[Dtype, _dtype(parse_dtype)]
 
 
 class SchemaRef(_Model):

@@ -11,28 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from consumer.core.errors import FramingError, MappingError, RecordError, Source
 from consumer.core.policy import Limits
+from consumer.core.records import Message, Rejected, source_of
 from consumer.decode.coalesce import ViewBatch, coalesce
 from consumer.decode.decoder import TopicDecoder
 from consumer.decode.mapping import Part, Plan, map_columns
-
-
-class Message(Protocol):
-    """The part of confluent_kafka.Message that assembly reads."""
-
-    def topic(self) -> str | None: ...
-    def partition(self) -> int | None: ...
-    def offset(self) -> int | None: ...
-    def value(self) -> bytes | None: ...
-
-
-@dataclass
-class Rejected:
-    message: Message
-    error: RecordError
 
 
 @dataclass
@@ -64,10 +50,6 @@ class _Group:
 
     def columns(self) -> dict[str, list[Any]]:
         return {p.column: [r[p.field] for r in self.records] for p in self.plan.columns}
-
-
-def source_of(message: Message) -> Source:
-    return Source(message.topic() or "", message.partition() or 0, message.offset() or 0)
 
 
 def assemble(

@@ -21,7 +21,8 @@ from consumer.core.dtypes import Dtype, Kind
 from consumer.core.guard import NULL_MS
 from consumer.core.store import EncodedRows
 from consumer.core.views import FeatureView
-from consumer.feast import codec as feast_codec
+from consumer.feast import keys as feast_keys
+from consumer.feast import values as feast_values
 
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -155,7 +156,7 @@ def key_columns(view: FeatureView, frame: pd.DataFrame) -> list[Any]:
 
 
 def entity_keys(view: FeatureView, frame: pd.DataFrame) -> list[str]:
-    return feast_codec.entity_key_hex(
+    return feast_keys.entity_key_hex(
         view.join_keys, key_columns(view, frame), view.entity_key_serialization_version
     )
 
@@ -183,7 +184,7 @@ def encode_frame(
     values = {}
     for feature in view.features:
         data, nulls = column_for_codec(feature.dtype, frame[feature.name])
-        values[feature.name] = feast_codec.encode_values(feature.dtype, data, nulls)
+        values[feature.name] = feast_values.encode_values(feature.dtype, data, nulls)
     return EncodedRows(
         entity_keys=keys if keys is not None else entity_keys(view, frame),
         event_ms=event_ms,

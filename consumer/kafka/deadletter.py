@@ -8,7 +8,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from consumer.core.errors import DeadLetterUnavailable
-from consumer.decode.assemble import Rejected
+from consumer.core.records import Rejected
 
 HEADER_PREFIX = "x-dead-letter-"
 

@@ -30,8 +30,9 @@ from confluent_kafka import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumer.core.errors import TransientError
+from consumer.core.records import Rejected
 from consumer.core.store import RowStatus, WriteReport
-from consumer.decode.assemble import Batch, Rejected
+from consumer.decode.assemble import Batch
 from consumer.decode.coalesce import ViewBatch
 from consumer.events import Events
 from consumer.kafka.source import TP

@@ -16,7 +16,7 @@ from consumer.core.dtypes import DTYPES
 from consumer.core.policy import Limits
 from consumer.decode.assemble import Batch, assemble
 from consumer.decode.decoder import TopicDecoder
-from consumer.feast.codec import decode_value
+from consumer.feast.values import decode_value
 from tests.helpers import (
     DRIVER_SCHEMA,
     NOW_MS,

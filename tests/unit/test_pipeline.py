@@ -56,7 +56,7 @@ class Harness:
 
     def stored(self, driver_id: int) -> dict[str, Any]:
         from consumer.core.dtypes import ENTITY_VALUE_TYPES
-        from consumer.feast.codec import serialize_entity_key
+        from consumer.feast.keys import serialize_entity_key
 
         key = serialize_entity_key([("driver_id", ENTITY_VALUE_TYPES["INT64"], driver_id)]).hex()
         return self.store.read(self.view, key)
