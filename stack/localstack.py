@@ -9,6 +9,8 @@ data lives in a throwaway state directory, and ports come from the environment.
     python -m stack.localstack down
 
 `up` is idempotent: a service that already runs from the same state directory is reused.
+With `--cluster`, `up`, `status` and `down` act on the three-node cluster of stack/cluster.py instead
+(its own state directory and ports), and `stop`, `kill`, `pause`, `resume`, `start` on its members.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
@@ -141,9 +144,11 @@ def _cached_classpath(out_file: Path) -> list[str] | None:
     return paths if paths and all(os.path.exists(p) for p in paths) else None
 
 
-def _maven_paths(profile: str) -> list[str]:
-    """Resolve a profile of stack/pom.xml and return the artifact paths Maven resolved."""
-    out_file = state_dir() / f"{profile}.classpath"
+def _maven_paths(profile: str, cache_in: Path | None = None) -> list[str]:
+    """Resolve a profile of stack/pom.xml and return the artifact paths Maven resolved.
+
+    The resolved paths are kept in `cache_in` (default: the state directory) for the next call."""
+    out_file = (cache_in or state_dir()) / f"{profile}.classpath"
     cached = _cached_classpath(out_file)
     if cached is not None:
         return cached
@@ -200,21 +205,21 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def _check_ports_free(service: str, ports: Iterable[tuple[str, int]]) -> None:
+def _check_ports_free(service: str, ports: Iterable[tuple[str, int]], host: str = HOST) -> None:
     for env_name, port in ports:
-        if not _port_free(port):
+        if not _port_free(port, host):
             raise StackError(
-                f"{service}: port {HOST}:{port} is already in use by another program; "
+                f"{service}: port {host}:{port} is already in use by another program; "
                 f"stop it, or choose another port with {env_name}=<port>"
             )
 
@@ -663,13 +668,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="localstack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    cluster_help = "the three-node cluster (stack/cluster.py) instead of the single-node stack"
     p_up = sub.add_parser("up", help="start services and wait until they answer")
     p_up.add_argument("services", nargs="*", help=f"any of {', '.join(SERVICES)}")
+    p_up.add_argument("--cluster", action="store_true", help=cluster_help)
     p_down = sub.add_parser("down", help="stop services and remove their data")
-    p_down.add_argument("services", nargs="*", help="default: all")
-    sub.add_parser("status", help="tell what runs")
+    p_down.add_argument("services", nargs="*", help="default: all (with --cluster: member names)")
+    p_down.add_argument("--cluster", action="store_true", help=cluster_help)
+    p_status = sub.add_parser("status", help="tell what runs")
+    p_status.add_argument("--cluster", action="store_true", help=cluster_help)
+    p_status.add_argument("--sample", type=float, metavar="SECONDS",
+                          help="with --cluster: also measure each member's CPU use over this many seconds")
+    for command, what in MEMBER_COMMANDS.items():
+        p_member = sub.add_parser(command, help=f"cluster members: {what}")
+        p_member.add_argument("members", nargs="+", help="cassandra-1..3, kafka-1..3")
+        p_member.add_argument("--cluster", action="store_true", help="required: members belong to the cluster")
     args = parser.parse_args(argv)
     try:
+        if args.command in MEMBER_COMMANDS or getattr(args, "cluster", False):
+            return _cluster_main(args)
         if args.command == "up":
             endpoints, _ = up(args.services or DEFAULT_SERVICES)
             _print_endpoints(endpoints, args.services or DEFAULT_SERVICES)
@@ -690,6 +707,62 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+MEMBER_COMMANDS = {
+    "stop": "stop gracefully (SIGTERM) and wait, data kept",
+    "kill": "SIGKILL, data kept",
+    "pause": "SIGSTOP",
+    "resume": "SIGCONT and wait until ready",
+    "start": "start again with the data kept and wait until ready",
+}
+
+
+def _cluster_main(args: argparse.Namespace) -> int:
+    from stack import cluster
+
+    if args.command in MEMBER_COMMANDS and not args.cluster:
+        raise StackError(f"`{args.command}` acts on members of the cluster: add --cluster")
+    if args.command == "up":
+        if args.services:
+            raise StackError("up --cluster starts the whole cluster; it takes no service names")
+        endpoints, _ = cluster.up()
+        _print_cluster_endpoints(endpoints)
+    elif args.command == "down":
+        cluster.down(args.services or None)
+    elif args.command == "status":
+        report = cluster.status()
+        sampled = cluster.usage(args.sample) if args.sample else {}
+        for name, info in report.items():
+            line = f"{name:12s} {info['state']}"
+            if info["pid"]:
+                answers = "answers" if info["answers"] else "not answering"
+                line += f" (pid {info['pid']}), {answers}, RSS {info['rss_mib'] or 0:.0f} MiB"
+            if name in sampled and sampled[name][1] is not None:
+                line += f", CPU {sampled[name][1]:.1f}% of a core over {args.sample:g}s"
+            print(line)
+        if any(info["pid"] for info in report.values()):
+            _print_cluster_endpoints(cluster.endpoints())
+    elif args.command == "stop":
+        for name, took in cluster.stop(*args.members).items():
+            print(f"{name} stopped ({took:.1f}s)")
+    elif args.command == "kill":
+        cluster.kill(*args.members)
+    elif args.command == "pause":
+        cluster.pause(*args.members)
+    elif args.command == "resume":
+        cluster.resume(*args.members)
+        cluster.wait_ready(*args.members, echo=print)
+    else:
+        cluster.start(*args.members, echo=print)
+    return 0
+
+
+def _print_cluster_endpoints(endpoints: Any) -> None:
+    print(f"KAFKA_BOOTSTRAP_SERVERS={endpoints.bootstrap_servers}")
+    print(f"CASSANDRA_CONTACT_POINTS={','.join(endpoints.cql_hosts)}")
+    print(f"CASSANDRA_PORT={endpoints.cql_port}")
+    print(f"CASSANDRA_LOCAL_DC={endpoints.datacenter}")
 
 
 if __name__ == "__main__":
