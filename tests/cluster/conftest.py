@@ -130,7 +130,7 @@ def kafka_admin(cluster: local_cluster.ClusterEndpoints) -> Any:
 @pytest.fixture
 def make_topic(request: pytest.FixtureRequest, kafka_admin: Any) -> Iterator[Callable[..., str]]:
     """Topics with three replicas (min.insync.replicas=2 from the brokers' default); deleted afterwards."""
-    from confluent_kafka.admin import NewTopic
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # re-exported, not in __all__
 
     made: list[str] = []
 

@@ -17,7 +17,7 @@ from cassandra import ConsistencyLevel, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable
 from cassandra.query import SimpleStatement
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import ConfigResource
+from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]  # re-exported, not in __all__
 
 from stack import cluster as local_cluster
 
@@ -124,8 +124,12 @@ def test_acks_all_produces_go_on_with_one_broker_killed_and_leadership_moves(
     config = kafka_admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
     described = next(iter(config.values())).result(timeout=30)
     assert described["min.insync.replicas"].value == "2"
-    _wait_until(lambda: all(len(p.isr) == 3 for p in local_cluster.kafka_partitions(topic)), 30, "full ISRs")
-    states = local_cluster.kafka_partitions(topic)
+
+    def partitions() -> list[local_cluster.PartitionState]:
+        return local_cluster.kafka_partitions(topic, kafka_admin)
+
+    _wait_until(lambda: all(len(p.isr) == 3 for p in partitions()), 30, "full ISRs")
+    states = partitions()
     assert all(len(p.replicas) == 3 for p in states), states
 
     errors: list[str] = []
@@ -162,14 +166,14 @@ def test_acks_all_produces_go_on_with_one_broker_killed_and_leadership_moves(
     while moved_after is None:
         produce(20)
         producer.poll(0.1)
-        now = local_cluster.kafka_partitions(topic)
+        now = partitions()
         if all(p.leader != victim_id and victim_id not in p.isr for p in now):
             moved_after = time.monotonic() - killed_at
         assert time.monotonic() - killed_at < 60, f"leadership did not move off {victim} in 60s: {now}"
     produce(300)
     assert producer.flush(60) == 0
     assert not errors, errors[:5]
-    after = local_cluster.kafka_partitions(topic)
+    after = partitions()
     assert all(p.leader != victim_id and len(p.isr) == 2 and victim_id not in p.isr for p in after), after
     assert sorted(delivered) == sorted(sent)
 
@@ -180,13 +184,14 @@ def test_acks_all_produces_go_on_with_one_broker_killed_and_leadership_moves(
     deadline = time.monotonic() + 60
     while len(seen) < len(sent) and time.monotonic() < deadline:
         msg = consumer.poll(1.0)
-        if msg is not None and msg.error() is None:
-            seen.append(msg.value())
+        value = None if msg is None or msg.error() is not None else msg.value()
+        if value is not None:
+            seen.append(value)
     consumer.close()
     assert sorted(seen) == sorted(sent)
 
     took = local_cluster.start(victim)  # ready = unfenced and back in the ISR of all its partitions
-    assert all(victim_id in p.isr for p in local_cluster.kafka_partitions(topic))
+    assert all(victim_id in p.isr for p in partitions())
     print(f"{len(sent)} records, none lost; leadership moved {moved_after:.1f}s after the kill; slowest delivery "
           f"{max(latencies):.1f}s; {victim} back in the ISRs {took[victim]:.1f}s after its start")
 
