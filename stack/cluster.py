@@ -589,6 +589,12 @@ class _Probes:
         self._admin = None
 
 
+def _logs(member: Member) -> str:
+    """The last lines of the member's console (JVM errors) and of its own log."""
+    return (f"last lines of {_console(member)}:\n{localstack._log_tail(_console(member), 8)}\n"
+            f"last lines of {log_path(member)}:\n{localstack._log_tail(log_path(member), 20)}")
+
+
 def _ready_timeout() -> float:
     return float(os.environ.get("STACK_READY_TIMEOUT", "180"))
 
@@ -612,8 +618,7 @@ def wait_ready(*names: str | Member, timeout: float | None = None, echo: Echo = 
             for member in wanted:
                 st = state(member)
                 if st != "running":
-                    raise StackError(f"{member} is {st}, so it cannot become ready; last lines of "
-                                     f"{_console(member)}:\n{localstack._log_tail(_console(member))}")
+                    raise StackError(f"{member} is {st}, so it cannot become ready; {_logs(member)}")
             pending = [m for m in wanted if m.name not in took]
             views: dict[Member, dict[str, GossipEntry]] = {}
             reaches_all: dict[Member, bool] = {}
