@@ -56,7 +56,7 @@ def decode(v):
 
 
 def column(dtype, values):
-    """The push-frame column the daemon builds for this dtype (see consumer/rows.py)."""
+    """The push-frame column the daemon builds for this dtype (see consumer/feast/frame.py)."""
     values = [decode(v) for v in values]
     nulls = [v is None for v in values]
     if dtype.startswith("Array(") or dtype in ("String", "Bytes"):

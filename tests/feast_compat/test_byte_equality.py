@@ -3,7 +3,7 @@
 For every supported dtype (scalars and lists, with nulls, NaN, infinities, extremes, unicode and
 pre-1970 times) and for single and composite entity keys of every key type under serialization
 versions 2 and 3, Hypothesis generates push frames; Feast itself (tests/feast_compat/feast_oracle.py,
-in its own virtualenv) and our encoder (consumer/rows.py) serialize them, and the bytes must be equal.
+in its own virtualenv) and our encoder (consumer/feast/frame.py) serialize them, and the bytes must be equal.
 
 Two generation rules avoid Feast defects rather than copy them (docs/decoding.md, "Where we differ"):
 - a nullable Int32/Int64 column goes through a float64 array inside Feast's push path, which rounds
@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from consumer import rows
+from consumer.feast import frame as rows
 from consumer.core.dtypes import DTYPES, ENTITY_VALUE_TYPES, Kind
 from consumer.core.views import FeatureView
 
@@ -83,7 +83,7 @@ def to_wire(value: Any, kind: Kind) -> Any:
 
 
 def our_column(dtype_name: str, values: list[Any]) -> pd.Series:
-    """The push-frame column the decode path builds (consumer.decode.assemble -> consumer.rows.feature_series)."""
+    """The push-frame column the decode path builds (consumer.decode.mapping -> consumer.feast.frame.feature_series)."""
     dtype = DTYPES[dtype_name]
     nulls = np.array([v is None for v in values], dtype=np.bool_)
     if dtype.is_list:
@@ -150,7 +150,7 @@ def test_feature_values_match_feast(feast_oracle: Any, dtype_name: str, data: st
     nullable = data.draw(st.booleans(), "nullable")
     item = scalar_strategy(dtype.kind, nullable_ints=nullable)
     if dtype.is_list:
-        # Null items only where Feast encodes them consistently (see consumer/batch.py: _list_item).
+        # Null items only where Feast encodes them consistently (see consumer/decode/mapping.py: _list_item).
         null_items = nullable and dtype.kind not in (Kind.INT32, Kind.INT64, Kind.FLOAT32, Kind.FLOAT64)
         value = st.lists(st.one_of(st.none(), item) if null_items else item, max_size=6)
         if dtype.kind in (Kind.FLOAT32, Kind.FLOAT64):
@@ -177,7 +177,7 @@ def key_strategy(value_type: str) -> st.SearchStrategy[Any]:
         # Whole seconds: a key's time is its identity, and Feast keys it by seconds.
         return st.integers(MICROS_1900 // 10**6, MICROS_2200 // 10**6).map(lambda s: s * 10**6)
     if kind is Kind.BYTES:
-        return st.binary(min_size=1, max_size=20)  # empty bytes keys are rejected (consumer/batch.py)
+        return st.binary(min_size=1, max_size=20)  # empty bytes keys are rejected (consumer/decode/mapping.py)
     return scalar_strategy(kind, nullable_ints=False)
 
 
