@@ -58,7 +58,8 @@ class Daemon:
 def registry_client(settings: Settings) -> RegistryClient | None:
     if settings.schema_registry is None:
         return None
-    return RegistryClient(settings.schema_registry.url, settings.schema_registry.client_config())
+    registry = settings.schema_registry
+    return RegistryClient(registry.url, registry.client_config(), registry.timeout_s)
 
 
 def build(settings: Settings, serve_metrics: bool = True, extra_events: Events | None = None,

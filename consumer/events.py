@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Message
-
 from consumer.core.errors import TransientError
-from consumer.core.records import Rejected
+from consumer.core.records import Message, Rejected
 from consumer.core.store import WriteReport
 from consumer.decode.assemble import Batch
 from consumer.decode.coalesce import ViewBatch
@@ -19,15 +17,19 @@ class Events:
     """What the loop reports as it goes; the metrics module listens. The base class ignores everything."""
 
     def loop_turned(self, now: float) -> None: ...
-    def received(self, messages: list[Message]) -> None: ...
+    def received(self, messages: Sequence[Message]) -> None: ...
     def batch_assembled(self, batch: Batch) -> None: ...
-    def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None: ...
+    def view_written(self, view_batch: ViewBatch, report: WriteReport, waits: list[float]) -> None:
+        """A view's rows of a batch have their outcomes (`report.done_at`: when, per row); `waits`: for each
+        row that needed a request, seconds from the loop reading its record to that request being sent."""
     def dead_lettered(self, rejected: list[Rejected]) -> None: ...
     def committed(self, offsets: Mapping[TP, int], now: float) -> None: ...
     def assigned(self, partitions: list[TP]) -> None: ...
     def revoked(self, partitions: list[TP], lost: bool) -> None: ...
     def paused(self, partitions: set[TP], paused: bool) -> None: ...
     def failed(self, error: TransientError) -> None: ...
+    def in_flight(self, records: int) -> None:
+        """Records sent to the writer (or the dead-letter topic) and not done yet."""
 
 
 class EventFanout(Events):

@@ -1,87 +1,57 @@
-"""The consumer loop: poll -> micro-batch -> decode -> guarded write -> dead letters -> commit.
+"""The consumer loop: read -> batch -> decode -> guarded write -> done -> commit, with writes in flight
+while it reads and decodes on.
 
 One record's way, in one direction:
 
-    KafkaSource.poll  ->  buffer (BatchPolicy decides when it is a batch)
-        -> batch.assemble      decode, map, coalesce, encode; bad records become `Rejected`
-        -> Store.write         guarded upserts, one outcome per entity
-        -> DeadLetterProducer  rejected records (and rows Cassandra refused), acknowledged by Kafka
-        -> KafkaSource.commit  the next offset of every message of the batch, whatever became of it
+    KafkaSource.poll -> Intake            a queue per partition; a partition holding its share is paused
+        -> BatchPolicy.send_now           at once while the writer is idle; gathered while it is busy
+        -> assemble                       decode, map, coalesce, encode; bad records become `Rejected`
+        -> Store.submit                   guarded writes on the writer's thread, one outcome per row
+           DeadLetters.send               rejected records (and rows Cassandra refused), acknowledged by Kafka
+        -> OffsetLedger                   a batch is done when all its rows and dead letters are
+        -> KafkaSource.commit             per partition, the prefix of offsets whose batches are all done
 
-The loop is sequential on purpose: guarded writes cost far more than decoding, so nothing is gained by
-overlapping them, and one thread keeps rebalances, retries and shutdown simple. It never buffers
-without bound: it takes at most one batch from Kafka at a time, librdkafka's prefetch is bounded
-(`queued.max.messages.kbytes`), and while a batch waits out a failure every partition is paused.
+Batches finish in any order; a partition's commit never passes a batch that is not done. The writer
+keeps one write per entity in flight, so within a partition the later record still wins a full tie.
 
-A transient failure anywhere (registry, Cassandra, the dead-letter topic, a synchronous commit) sends
-the whole batch around again after a backoff; guarded writes make the repetition harmless, and nothing
-of the batch is committed before all of it went through.
+A transient failure (Cassandra, the dead-letter topic, the registry) pauses every partition until it
+is over: the writer retries its writes itself, dead letters are sent again after a backoff, a batch
+that could not be decoded for want of its schema is tried again after a backoff. Nothing past the
+failed work is committed meanwhile, and the loop keeps turning (`/healthz`).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from confluent_kafka import Message
-
-from consumer.core.errors import TransientError, WriteRefused
+from consumer.core.commits import Commits
+from consumer.core.errors import DeadLetterUnavailable, TransientError
 from consumer.core.policy import Backoff, BatchPolicy, Limits
-from consumer.core.records import Rejected, source_of
-from consumer.core.store import Store
+from consumer.core.records import Message, Rejected
+from consumer.core.store import Store, WriteReport
+from consumer.core.troubles import Troubles
 from consumer.decode.assemble import assemble
+from consumer.decode.coalesce import ViewBatch
 from consumer.decode.decoder import TopicDecoder
 from consumer.events import Events
+from consumer.flights import Flight, Flights
+from consumer.intake import Intake
 from consumer.kafka.source import TP, RebalanceListener
+from consumer.pauses import Pauses
+from consumer.ports import Clock, DeadLetters, Source
 
 log = logging.getLogger(__name__)
 
-# A poll blocks in C, where Python signal handlers cannot run, and returns early only once it has all the
-# messages asked for: short polls keep SIGTERM and batch deadlines prompt.
-MAX_POLL_BLOCK_S = 0.1
+# A poll blocks in C, where Python signal handlers cannot run: short waits keep SIGTERM prompt.
+MAX_WAIT_S = 0.1
+# With batches in flight and nothing read, how long a poll may wait before their outcomes are looked at.
+BUSY_WAIT_S = 0.02
+COMMIT_INTERVAL_S = 0.1
 RECOMMIT_INTERVAL_S = 1.0
-
-
-class Source(Protocol):
-    group_id: str
-
-    def subscribe(self) -> None: ...
-    def poll(self, max_messages: int, timeout_s: float) -> list[Message]: ...
-    def assignment(self) -> set[TP]: ...
-    def pause(self, partitions: Iterable[TP]) -> None: ...
-    def resume(self, partitions: Iterable[TP]) -> None: ...
-    def commit(self, offsets: Mapping[TP, int], asynchronous: bool) -> None: ...
-    def close(self) -> None: ...
-
-
-class DeadLetters(Protocol):
-    def send(self, rejected: list[Rejected], timeout_s: float | None = None) -> None: ...
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Clock:
-    wall: Callable[[], float] = time.time
-    monotonic: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-
-
-@dataclass
-class _State:
-    buffer: list[Message] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)  # bytes of each buffered message (key and value)
-    oldest_ms: int | None = None  # monotonic ms at which the oldest buffered message arrived
-    failures: int = 0  # consecutive transient failures of the current batch
-    retry_at: float = 0.0  # monotonic seconds
-    paused: bool = False
-    assigned: set[TP] = field(default_factory=set)
-    done: dict[TP, int] = field(default_factory=dict)  # next offset after the last batch that went through
-    recommit: set[TP] = field(default_factory=set)  # asynchronous commits that failed, to be sent again
-    recommit_at: float = 0.0  # monotonic seconds
 
 
 class Pipeline(RebalanceListener):
@@ -102,15 +72,23 @@ class Pipeline(RebalanceListener):
         self.decoders = decoders
         self.store = store
         self.dead_letters = dead_letters
-        self.events = events or Events()
-        self.clock = clock or Clock()
         self.limits = limits
         self.policy = policy
-        self.backoff = backoff
         self.drain_timeout_s = drain_timeout_s
-        self.state = _State()
-        self._drain_deadline: float | None = None  # monotonic seconds, once shutting down
+        self.events = events or Events()
+        self.clock = clock or Clock()
+        self.intake = Intake(policy.max_records, policy.max_bytes)
+        self.flights = Flights()
+        self.assigned: set[TP] = set()
+        self.pauses = Pauses()
+        # What is failing now ("store", "dead letters", "registry"), and when the loop retries its own.
+        self.troubles = Troubles(backoff)
+        self.commits = Commits(COMMIT_INTERVAL_S, RECOMMIT_INTERVAL_S)
+        self._answers: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._draining = False
         self._stop = stop or threading.Event()
+        answers = self._answers
+        store.watch(lambda error: answers.put(("health", error)))
         self.source = source_factory(self)
 
     # ------------------------------------------------------------------ running
@@ -122,6 +100,7 @@ class Pipeline(RebalanceListener):
             while not self._stop.is_set():
                 self.step()
         except BaseException:
+            self.store.abandon(self.flights.jobs())
             self.source.close()  # leave the group without committing anything more
             raise
         self.shutdown()
@@ -131,218 +110,266 @@ class Pipeline(RebalanceListener):
         self._stop.set()
 
     def step(self) -> None:
-        """One turn: take messages, and write the batch when it is complete."""
-        st = self.state
+        """One turn: take in what is done, send what is due, then read (waiting only when nothing is due)."""
         now = self.clock.monotonic()
         self.events.loop_turned(self.clock.wall())
-        now_ms = int(now * 1000)
-        if st.recommit and now >= st.recommit_at:
-            self._recommit(now)
-        if st.retry_at > now:
-            # Waiting out a failure: partitions are paused; polling keeps the group membership alive.
-            self._accept(self.source.poll(1, min(st.retry_at - now, MAX_POLL_BLOCK_S)), now_ms)
+        self._settle(now)
+        if self.troubles.retry_due(now):
+            self._retry()
+        if self._due(now):
+            self._send()
+            self._accept(self.source.poll(self._room(), 0))
             return
-        if not self._due(now_ms):
-            # First take what is already there without waiting (records that arrived during the last write
-            # are due at once), and block only when that does not make a batch.
-            self._accept(self.source.poll(self._room(), 0), now_ms)
-            if not self._due(now_ms):
-                timeout = min(self.policy.poll_timeout_ms(now_ms, st.oldest_ms) / 1000, MAX_POLL_BLOCK_S)
-                self._accept(self.source.poll(self._room(), timeout), now_ms)
-                now_ms = int(self.clock.monotonic() * 1000)
-                if not self._due(now_ms):
-                    return
-        self._flush()
+        wait = self._wait_s(now)
+        if self.intake or self.troubles:
+            # Records are held (for a batch in flight, or a failure): what can end the wait is an outcome.
+            self._settle(now, wait)
+            wait = 0.0
+        self._accept(self.source.poll(self._room(), wait))
 
-    def _due(self, now_ms: int) -> bool:
-        st = self.state
-        return self.policy.should_flush(now_ms, st.oldest_ms, len(st.buffer), sum(st.sizes))
+    def _due(self, now: float) -> bool:
+        if self.troubles or not self.intake:
+            return False
+        oldest = self.intake.oldest()
+        return self.policy.send_now(int(now * 1000), None if oldest is None else int(oldest * 1000),
+                                    self.intake.records, self.intake.bytes, len(self.flights))
+
+    def _wait_s(self, now: float) -> float:
+        waits = [MAX_WAIT_S, BUSY_WAIT_S if self.flights or self.commits.pending else MAX_WAIT_S]
+        if self.troubles:
+            waits.append(max(0.0, self.troubles.retry_at - now))
+        oldest = self.intake.oldest()
+        if oldest is not None and not self.troubles:
+            wait_ms = self.policy.wait_ms(int(now * 1000), int(oldest * 1000), len(self.flights))
+            if wait_ms is not None:
+                waits.append(wait_ms / 1000)
+        return max(0.0, min(waits))
 
     def _room(self) -> int:
-        return self.policy.room(len(self.state.buffer), sum(self.state.sizes))
+        return max(1, self.intake.max_records - self.intake.records)
 
-    def _next_batch(self) -> list[Message]:
-        st = self.state
-        return st.buffer[: self.policy.batch_length(st.sizes)]
+    def _accept(self, messages: Sequence[Message]) -> None:
+        if messages:
+            self.intake.add(messages, self.clock.monotonic())
+            self.events.received(messages)
+        self._update_pauses()
 
-    def _taken(self, count: int) -> None:
-        del self.state.buffer[:count]
-        del self.state.sizes[:count]
+    # ------------------------------------------------------------------ sending
 
-    def _accept(self, messages: list[Message], poll_started_ms: int) -> None:
-        if not messages:
-            return
-        st = self.state
-        if st.oldest_ms is None:
-            # A batch ages from when its first record reached Kafka: records that waited through the previous
-            # write are due at once, so writes follow each other under load, and batching only waits when
-            # the stream is slow. The poll's start bounds it, for producers whose clocks run ahead.
-            st.oldest_ms = poll_started_ms
-            kind, created_ms = messages[0].timestamp()
-            if kind and created_ms > 0:
-                age_ms = int(self.clock.wall() * 1000) - created_ms
-                st.oldest_ms = min(poll_started_ms, int(self.clock.monotonic() * 1000) - max(0, age_ms))
-        st.buffer.extend(messages)
-        st.sizes.extend(len(m.value() or b"") + len(m.key() or b"") for m in messages)
-        self.events.received(messages)
-
-    def _flush(self) -> None:
-        st = self.state
-        messages = self._next_batch()
+    def _send(self) -> None:
+        """Take the next batch from the intake, decode it, and hand it to the writer and the dead letters."""
+        entries = self.intake.take(self.policy.max_records, self.policy.max_bytes)
         try:
-            self._process(messages)
-        except TransientError as exc:
-            st.failures += 1
-            delay_ms = self.backoff.delay_ms(st.failures)
-            st.retry_at = self.clock.monotonic() + delay_ms / 1000
-            log.warning("batch of %d messages not done (%s); retrying in %d ms", len(messages), exc, delay_ms)
-            self.events.failed(exc)
-            self._pause()
+            batch = assemble([e.message for e in entries], self.decoders, self.limits, int(self.clock.wall() * 1000))
+        except TransientError as exc:  # the registry: the records wait, in order, and are tried again
+            self.intake.put_back(entries)
+            self._trouble("registry", exc)
             return
-        self._taken(len(messages))
-        st.oldest_ms = int(self.clock.monotonic() * 1000) if st.buffer else None
-        st.failures = 0
-        st.retry_at = 0.0
-        self._resume()
-
-    def _process(self, messages: list[Message]) -> None:
-        """decode -> write -> dead letters -> commit, for one batch. Raises TransientError."""
-        batch = assemble(messages, self.decoders, self.limits, int(self.clock.wall() * 1000))
-        if self.state.failures == 0:  # a batch sent around again is counted once
-            self.events.batch_assembled(batch)
-        refused = list(batch.rejected)
+        self._recovered("registry")
+        flight = self.flights.open(batch, [e.received for e in entries], self.assigned)
+        self.events.batch_assembled(batch)
         for view_batch in batch.views:
-            report = self.store.write(view_batch.view, view_batch.rows, budget_s=self._time_left())
-            for row, reason in report.failures.items():
-                message = batch.messages[int(view_batch.positions[row])]
-                refused.append(Rejected(message, WriteRefused(reason).at(source_of(message))))
-            self.events.view_written(view_batch, report, self.clock.wall())
-        self.dead_letters.send(refused, timeout_s=self._time_left())
-        self.events.dead_lettered(refused)
-        self._commit(batch.next_offsets, asynchronous=True)
+            done = self._written_to(flight.ticket, view_batch)
+            flight.jobs.append(self.store.submit(view_batch.view, view_batch.rows, done))
+        self._send_letters(flight, batch.rejected)
+        self.events.in_flight(self.flights.records)
+        self._finish_if_done(flight)
 
-    def _time_left(self) -> float | None:
-        """While draining, the seconds left of the drain timeout: no write or dead-letter wait outlasts it."""
-        if self._drain_deadline is None:
-            return None
-        return max(0.0, self._drain_deadline - self.clock.monotonic())
+    def _written_to(self, ticket: int, view_batch: ViewBatch) -> Callable[[WriteReport], None]:
+        """The writer's callback (on its thread): the report goes to the loop's queue of outcomes."""
+        answers = self._answers
+        return lambda report: answers.put(("written", ticket, view_batch, report))
+
+    def _send_letters(self, flight: Flight, rejected: list[Rejected]) -> None:
+        if rejected:
+            ticket, answers = flight.ticket, self._answers
+            self.dead_letters.send(rejected, lambda item, error: answers.put(("delivered", ticket, item, error)))
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _settle(self, now: float, wait_s: float = 0.0) -> None:
+        """Take in every outcome that has arrived (waiting up to `wait_s` for the first), then commit."""
+        self.dead_letters.poll()
+        first = self.clock.wait_on(self._answers, wait_s) if wait_s > 0 else None
+        answers = [] if first is None else [first]
+        while True:
+            try:
+                answers.append(self._answers.get_nowait())
+            except queue.Empty:
+                break
+        for answer in answers:
+            getattr(self, "_on_" + answer[0])(*answer[1:])
+        self._commit_done(self.clock.monotonic())
+
+    def _on_written(self, ticket: int, view_batch: ViewBatch, report: WriteReport) -> None:
+        if report.error is not None:
+            raise report.error  # no write can succeed (a missing table, refused credentials): stop
+        flight = self.flights.get(ticket)
+        if flight is None:
+            return
+        waits, refused = self.flights.written(flight, view_batch, report)
+        self.events.view_written(view_batch, report, waits)
+        self._send_letters(flight, refused)
+        self._finish_if_done(flight)
+
+    def _on_delivered(self, ticket: int, item: Rejected, error: DeadLetterUnavailable | None) -> None:
+        flight = self.flights.get(ticket)
+        if flight is None:
+            return
+        if error is not None:
+            flight.unsent_letters.append(item)
+            self._trouble("dead letters", error)
+            return
+        self.events.dead_lettered([item])
+        flight.letters_left -= 1
+        if not self.flights.any_unsent_letters():
+            self._recovered("dead letters")
+        self._finish_if_done(flight)
+
+    def _on_health(self, error: TransientError | None) -> None:
+        if error is None:
+            self._recovered("store")
+        else:
+            self._trouble("store", error)
+
+    def _finish_if_done(self, flight: Flight) -> None:
+        if self.flights.close_if_done(flight):
+            self.events.in_flight(self.flights.records)
+
+    # ------------------------------------------------------------------ failures and pauses
+
+    def _trouble(self, what: str, error: TransientError) -> None:
+        """Something failed: pause every partition; the loop's own retries back off (one step per attempt)."""
+        delay_ms = self.troubles.fail(what, error, self.clock.monotonic())
+        if delay_ms is None:
+            return
+        if what == "store":  # the writer retries its writes itself (and says so)
+            log.warning("Cassandra failing (%s); partitions paused until writes succeed again", error)
+        else:
+            log.warning("%s failing (%s); retrying in %d ms, partitions paused", what, error, delay_ms)
+        self.events.failed(error)
+        self._update_pauses()
+
+    def _recovered(self, what: str) -> None:
+        if self.troubles.recover(what):
+            log.info("%s answers again; partitions resumed", what)
+            self._update_pauses()
+
+    def _retry(self) -> None:
+        """Send again what failed for a reason the loop retries itself (the writer retries its own)."""
+        if "dead letters" in self.troubles:
+            for flight in list(self.flights.batches.values()):
+                unsent, flight.unsent_letters = flight.unsent_letters, []
+                self._send_letters(flight, unsent)
+        if "registry" in self.troubles and self.intake:
+            self._send()
+
+    def _update_pauses(self) -> None:
+        pause, resume = self.pauses.update(self.assigned, self.intake, bool(self.troubles))
+        if pause:
+            self.source.pause(pause)
+            self.events.paused(pause, True)
+        self._resume(resume)
+
+    def _resume(self, partitions: set[TP]) -> None:
+        if partitions:
+            self.source.resume(partitions)
+            self.events.paused(partitions, False)
+
+    # ------------------------------------------------------------------ commits
+
+    def _commit_done(self, now: float) -> None:
+        self.commits.add(self.flights.ledger.take_committable())
+        self._commit(self.commits.due(now, idle=not self.flights), asynchronous=True)
 
     def _commit(self, offsets: Mapping[TP, int], asynchronous: bool) -> None:
-        st = self.state
-        owned = {tp: o for tp, o in offsets.items() if tp in st.assigned}
+        owned = {tp: o for tp, o in offsets.items() if tp in self.assigned}
         if not owned:
             return
         self.source.commit(owned, asynchronous=asynchronous)
-        st.done.update(owned)
         self.events.committed(owned, self.clock.wall())
 
-    def _recommit(self, now: float) -> None:
-        """Send again the commits that failed, for partitions still owned (at most once a second)."""
-        st = self.state
-        offsets = {tp: st.done[tp] for tp in st.recommit if tp in st.done}
-        st.recommit.clear()
-        st.recommit_at = now + RECOMMIT_INTERVAL_S
-        self._commit(offsets, asynchronous=True)
-
-    def _pause(self) -> None:
-        st = self.state
-        if not st.paused and st.assigned:
-            self.source.pause(st.assigned)
-            self.events.paused(set(st.assigned), True)
-        st.paused = True
-
-    def _resume(self) -> None:
-        st = self.state
-        if st.paused and st.assigned:
-            self.source.resume(st.assigned)
-            self.events.paused(set(st.assigned), False)
-        st.paused = False
-
-    def _drop(self, partitions: set[TP]) -> None:
-        st = self.state
-        kept = [i for i, m in enumerate(st.buffer) if (m.topic(), m.partition()) not in partitions]
-        st.buffer = [st.buffer[i] for i in kept]
-        st.sizes = [st.sizes[i] for i in kept]
-        if not st.buffer:
-            # Nothing waits out a failure any more: what comes next must not stay paused.
-            st.oldest_ms = None
-            st.failures = 0
-            st.retry_at = 0.0
-            self._resume()
+    def on_commit_failed(self, partitions: list[TP], reason: str) -> None:
+        owned = [tp for tp in partitions if tp in self.assigned]
+        if owned:
+            log.warning("asynchronous commit failed for %s (%s); sending it again", sorted(owned), reason)
+            self.commits.failed(owned)
 
     # ------------------------------------------------------------------ rebalances (called inside poll)
 
     def on_assign(self, partitions: list[TP]) -> None:
-        st = self.state
-        st.assigned.update(partitions)
-        if st.paused:
-            self.source.pause(partitions)  # a batch is waiting out a failure: take nothing new yet
-            self.events.paused(set(partitions), True)
+        self.assigned.update(partitions)
         log.info("assigned %s", sorted(partitions))
         self.events.assigned(partitions)
+        self._update_pauses()  # while something fails, new partitions are paused at once
 
     def on_revoke(self, partitions: list[TP]) -> None:
-        """Finish the buffered work and commit before the partitions go to another member."""
-        st = self.state
+        """Finish the revoked partitions' work (within the drain timeout), commit what is done, and let go."""
         revoked = set(partitions)
-        if any((m.topic(), m.partition()) in revoked for m in st.buffer):
-            if st.failures == 0:
-                try:
-                    while st.buffer:
-                        batch = self._next_batch()
-                        self._process(batch)
-                        self._taken(len(batch))
-                except TransientError as exc:
-                    log.warning("could not finish the revoked partitions' messages (%s); the next owner "
-                                "reads them again", exc)
-            self._drop(revoked)
-        done = {tp: o for tp, o in st.done.items() if tp in revoked}
+        deadline = self.clock.monotonic() + self.drain_timeout_s
+        if not self._draining:
+            while not self.troubles and revoked & self.intake.partitions():
+                self._send()
+            self._wait_for(lambda: not self.flights.touching(revoked), deadline)
+        self.commits.add(self.flights.ledger.take_committable())
         try:
-            self._commit(done, asynchronous=False)
+            self._commit(self.commits.everything(revoked), asynchronous=False)
         except TransientError as exc:
-            log.warning("final commit for revoked partitions failed (%s); the next owner may read "
-                        "some records again", exc)
-        st.assigned -= revoked
-        for tp in revoked:
-            st.done.pop(tp, None)
+            log.warning("final commit for revoked partitions failed (%s); the next owner may read some records "
+                        "again", exc)
+        self._let_go(revoked)
         log.info("revoked %s", sorted(revoked))
         self.events.revoked(partitions, lost=False)
 
-    def on_commit_failed(self, partitions: list[TP], reason: str) -> None:
-        st = self.state
-        owned = [tp for tp in partitions if tp in st.assigned]
-        if owned:
-            log.warning("asynchronous commit failed for %s (%s); sending it again", sorted(owned), reason)
-            st.recommit.update(owned)
-
     def on_lost(self, partitions: list[TP]) -> None:
         """The partitions already belong to someone else: drop their work, commit nothing for them."""
-        st = self.state
-        lost = set(partitions)
-        self._drop(lost)
-        st.assigned -= lost
-        for tp in lost:
-            st.done.pop(tp, None)
-        log.warning("lost %s", sorted(lost))
+        self._let_go(set(partitions))
+        log.warning("lost %s", sorted(partitions))
         self.events.revoked(partitions, lost=True)
+
+    def _let_go(self, partitions: set[TP]) -> None:
+        # Resumed while still assigned: librdkafka keeps a partition's pause through a later assignment.
+        self._resume(self.pauses.let_go(partitions))
+        self.intake.drop(partitions)
+        # Batches all of whose records were in these partitions: their writes are of no use to anyone now.
+        self.store.abandon(self.flights.forget(partitions))
+        self.assigned -= partitions
+        self.commits.forget(partitions)
+        if not self.intake:
+            self._recovered("registry")
+        if not self.flights.any_unsent_letters():
+            self._recovered("dead letters")
+        self._update_pauses()
+
+    def _wait_for(self, condition: Callable[[], bool], deadline: float) -> bool:
+        while not condition():
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return False
+            self._settle(self.clock.monotonic(), min(left, MAX_WAIT_S))
+            if self.troubles.retry_due(self.clock.monotonic()):
+                self._retry()
+        return True
 
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self) -> None:
         """Drain within the configured time, commit synchronously, leave the group."""
-        st = self.state
-        deadline = self._drain_deadline = self.clock.monotonic() + self.drain_timeout_s
-        while st.buffer and self.clock.monotonic() < deadline:
-            if st.retry_at > self.clock.monotonic():
-                self.clock.sleep(max(0.0, min(st.retry_at, deadline) - self.clock.monotonic()))
-                continue
-            self._flush()
-        if st.buffer:
-            log.warning("stopping with %d messages not written; they are not committed and will be read again",
-                        len(st.buffer))
+        self._draining = True
+        deadline = self.clock.monotonic() + self.drain_timeout_s
+
+        def drained() -> bool:
+            while self.intake and not self.troubles:
+                self._send()
+            return not self.intake and not self.flights
+
+        if not self._wait_for(drained, deadline):
+            left = self.intake.records + self.flights.records
+            log.warning("stopping with %d records not done; they are not committed and will be read again", left)
+        self.commits.add(self.flights.ledger.take_committable())
         try:
-            self._commit(dict(st.done), asynchronous=False)
+            self._commit(self.commits.everything(), asynchronous=False)
         except TransientError as exc:
             log.warning("final commit failed: %s", exc)
-        st.buffer, st.sizes = [], []  # nothing is left for the revoke that leaving the group triggers
+        self.store.abandon(self.flights.jobs())
         self.source.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,9 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from consumer.kafka.offsets import OffsetReader, PartitionLag
 from stack.example import example_view_spec
@@ -212,3 +216,13 @@ class Daemon:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+def framed_encoder(registry_url: str, topic: str, schema: dict[str, Any]) -> Callable[[Event], bytes]:
+    serializer = AvroSerializer(SchemaRegistryClient({"url": registry_url}), json.dumps(schema))
+    ctx = SerializationContext(topic, MessageField.VALUE)
+
+    def encode(event: Event) -> bytes:
+        return bytes(serializer(event.record(), ctx))
+
+    return encode

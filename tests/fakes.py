@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from consumer.core.errors import StoreUnavailable
+from consumer.core.errors import DeadLetterUnavailable, StoreUnavailable
 from consumer.core.guard import NULL_MS
-from consumer.core.store import EncodedRows, RowStatus, StoredCell, WriteReport
+from consumer.core.store import Done, EncodedRows, HealthListener, RowStatus, StoredCell, WriteReport
 from consumer.core.views import FeatureView
 
 
@@ -22,14 +22,64 @@ class FakeStore:
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[tuple[str, str], StoredCell]] = {}
-        self.down = False
+        self._down = False
         self.writes = 0
         self.budgets: list[float | None] = []
+        # Submissions not answered yet: while down (as the real writer retries), or while `hold` is set
+        # (to answer them later, in any order, with `release`).
+        self.hold = False
+        self.held: list[tuple[int, FeatureView, EncodedRows, Done]] = []
+        self.submissions = 0
+        self.submitted: list[EncodedRows] = []
+        self.abandoned: set[int] = set()
+        self.health: HealthListener | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    @down.setter
+    def down(self, down: bool) -> None:
+        """Down: submissions wait, and the health listener hears of it; up again: they are answered, in order."""
+        self._down = down
+        if self.health is not None:
+            self.health(StoreUnavailable("fake store is down") if down else None)
+        if not down and not self.hold:
+            self.release()
+
+    def watch(self, listener: HealthListener) -> None:
+        self.health = listener
+
+    def submit(self, view: FeatureView, rows: EncodedRows, done: Done) -> int:
+        self.submissions += 1
+        self.submitted.append(rows)
+        job = self.submissions
+        self.held.append((job, view, rows, done))
+        if not self.hold and not self._down:
+            self.release([job])
+        return job
+
+    def release(self, order: list[int] | None = None) -> None:
+        """Answer the held submissions (those numbered in `order`, in that order; else all, in order)."""
+        chosen = [h for h in self.held if order is None or h[0] in order]
+        if order is not None:
+            chosen.sort(key=lambda h: order.index(h[0]))
+        for held in chosen:
+            self.held.remove(held)
+            job, view, rows, done = held
+            if job not in self.abandoned:
+                done(self._apply(view, rows))
+
+    def abandon(self, submissions: Iterable[int]) -> None:
+        self.abandoned.update(submissions)
 
     def write(self, view: FeatureView, rows: EncodedRows, budget_s: float | None = None) -> WriteReport:
         self.budgets.append(budget_s)
-        if self.down:
+        if self._down:
             raise StoreUnavailable("fake store is down")
+        return self._apply(view, rows)
+
+    def _apply(self, view: FeatureView, rows: EncodedRows) -> WriteReport:
         table = self.tables.setdefault(view.table, {})
         statuses = []
         for i, key in enumerate(rows.entity_keys):
@@ -47,7 +97,8 @@ class FakeStore:
             statuses.append(RowStatus.PARTIAL if written and stale else
                             RowStatus.APPLIED if written else RowStatus.STALE)
         self.writes += len(rows)
-        return WriteReport(statuses, requests=len(rows))
+        n = len(rows)
+        return WriteReport(statuses, requests=n, sent_at=[0.0] * n, done_at=[0.0] * n)
 
     def read(self, view: FeatureView, entity_key: str) -> dict[str, StoredCell]:
         table = self.tables.get(view.table, {})
@@ -89,6 +140,14 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.t += seconds
+
+    def wait_on(self, answers: Any, timeout_s: float) -> Any:
+        """A wait for the loop's outcomes: at once what is there, else the time passes with nothing."""
+        try:
+            return answers.get_nowait()
+        except Exception:  # noqa: BLE001 - queue.Empty
+            self.t += max(0.0, timeout_s)
+            return None
 
 
 class FakeSource:
@@ -170,18 +229,26 @@ class FakeSource:
 
 
 class FakeDeadLetters:
+    """Acknowledges (or, while down, refuses) each record at the next `poll`, as librdkafka's callbacks come."""
+
     def __init__(self) -> None:
         self.sent: list[Any] = []
         self.down = False
-        self.timeouts: list[float | None] = []
+        self.sends = 0
+        self._pending: list[tuple[Any, Any]] = []
 
-    def send(self, rejected: list[Any], timeout_s: float | None = None) -> None:
-        self.timeouts.append(timeout_s)
-        if rejected and self.down:
-            from consumer.core.errors import DeadLetterUnavailable
+    def send(self, rejected: list[Any], acknowledged: Any) -> None:
+        self.sends += 1
+        self._pending.extend((item, acknowledged) for item in rejected)
 
-            raise DeadLetterUnavailable("fake dead-letter topic is down")
-        self.sent.extend(rejected)
+    def poll(self) -> None:
+        pending, self._pending = self._pending, []
+        for item, acknowledged in pending:
+            if self.down:
+                acknowledged(item, DeadLetterUnavailable("fake dead-letter topic is down"))
+            else:
+                self.sent.append(item)
+                acknowledged(item, None)
 
     def close(self) -> None:
         pass

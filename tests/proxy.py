@@ -1,7 +1,8 @@
 """A TCP forwarder a test can close and open again: a dependency that becomes unreachable, then comes back.
 
 While closed, new connections are refused and open ones are cut; the service behind it keeps running
-(and keeps its state, which matters for an in-memory schema registry).
+(and keeps its state, which matters for an in-memory schema registry). While held, connections are
+accepted and kept, but nothing goes through either way: a dependency that hangs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ class TcpProxy:
         self._server: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def hold(self) -> None:
+        """Stop forwarding (requests hang) until `release`."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
 
     @property
     def url_host(self) -> str:
@@ -61,13 +71,13 @@ class TcpProxy:
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

@@ -196,6 +196,8 @@ class RegistrySettings(_Section):
     url: str
     # `user:password` for HTTP basic authentication.
     basic_auth_user_info: SecretStr | None = None
+    # A request that takes longer fails (transient: the records wait and are tried again).
+    timeout_s: float = Field(10.0, gt=0)
 
     @field_serializer("url")
     def _shown_url(self, url: str) -> str:

@@ -1,51 +1,42 @@
-"""Pure decisions and bounds of the loop: when a micro-batch is complete, how long to wait after a failure,
+"""Pure decisions and bounds of the loop: when records go to the writer, how long to wait after a failure,
 and what a record may carry."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """A batch closes when it holds `max_records` messages or `max_bytes` of them (keys and values), or
-    when its oldest message waited `max_wait_ms`.
+    """When the loop sends the records it has read to the writer, as one batch.
 
-    The byte bound keeps memory bounded for large records: a poll can bring more than the bytes left
-    (one poll's worth at most), and the batch then takes only what fits.
+    As in Nagle's algorithm: while no batch is in flight, whatever has been read goes at once, however
+    little. While batches are in flight, records gather, and the next batch goes when those are done,
+    or when `max_records` records or `max_bytes` bytes are waiting, or when the oldest has waited
+    `max_wait_ms`: so batches grow by themselves under load, and the wait is only an upper bound. At
+    most `max_in_flight` batches are written at once, and one batch takes at most `max_records` records
+    and `max_bytes` bytes (at least one record).
     """
 
     max_records: int
     max_wait_ms: int
     max_bytes: int = 32 << 20
+    max_in_flight: int = 2
 
-    def room(self, buffered: int, buffered_bytes: int = 0) -> int:
-        """How many more messages the batch may take."""
-        if buffered_bytes >= self.max_bytes:
-            return 0
-        return max(0, self.max_records - buffered)
-
-    def should_flush(self, now_ms: int, oldest_ms: int | None, buffered: int, buffered_bytes: int = 0) -> bool:
-        if buffered >= self.max_records or buffered_bytes >= self.max_bytes:
+    def send_now(self, now_ms: int, oldest_ms: int | None, buffered: int, buffered_bytes: int,
+                 in_flight: int) -> bool:
+        if buffered == 0 or in_flight >= self.max_in_flight:
+            return False
+        if in_flight == 0 or buffered >= self.max_records or buffered_bytes >= self.max_bytes:
             return True
-        return buffered > 0 and oldest_ms is not None and now_ms - oldest_ms >= self.max_wait_ms
+        return oldest_ms is not None and now_ms - oldest_ms >= self.max_wait_ms
 
-    def batch_length(self, sizes: Sequence[int]) -> int:
-        """How many of the buffered messages (their sizes, in order) the next batch takes: at most
-        `max_records`, and no more bytes than `max_bytes` unless a single message is larger."""
-        total = 0
-        for n, size in enumerate(sizes[: self.max_records]):
-            total += size
-            if total > self.max_bytes:
-                return max(1, n)
-        return min(len(sizes), self.max_records)
-
-    def poll_timeout_ms(self, now_ms: int, oldest_ms: int | None) -> int:
-        """How long the next poll may block without keeping a batch past its deadline."""
-        if oldest_ms is None:
-            return self.max_wait_ms
-        return max(0, min(self.max_wait_ms, oldest_ms + self.max_wait_ms - now_ms))
+    def wait_ms(self, now_ms: int, oldest_ms: int | None, in_flight: int) -> int | None:
+        """How long the loop may wait for a batch to finish before what it holds is due by age (None: no
+        deadline: nothing is held, or no batch may be sent before one finishes)."""
+        if oldest_ms is None or in_flight >= self.max_in_flight:
+            return None
+        return max(0, oldest_ms + self.max_wait_ms - now_ms)
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,12 @@ class SchemaSource(Protocol):
 class RegistryClient:
     """`SchemaSource` over confluent-kafka's SchemaRegistryClient (used only off the hot path)."""
 
-    def __init__(self, url: str, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, url: str, config: Mapping[str, Any] | None = None, timeout_s: float = 10.0) -> None:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        self._client = SchemaRegistryClient({"url": url, **dict(config or {})})
+        # Without a timeout, a registry that hangs would hang the loop, which fetches a new schema id's
+        # schema when its first record comes: bounded, it is a transient failure like any other.
+        self._client = SchemaRegistryClient({"url": url, "timeout": timeout_s, **dict(config or {})})
         # What errors and `check` show: the URL may carry `user:password@`.
         self.url = redact_url(url)
         self._secrets = url_passwords(url)

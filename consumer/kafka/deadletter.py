@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -14,6 +14,7 @@ HEADER_PREFIX = "x-dead-letter-"
 
 
 Headers = list[tuple[str, str | bytes | None]]
+Acknowledged = Callable[[Rejected, "DeadLetterUnavailable | None"], None]
 
 
 def dead_letter_headers(rejected: Rejected, group_id: str) -> Headers:
@@ -36,46 +37,40 @@ def dead_letter_headers(rejected: Rejected, group_id: str) -> Headers:
 class DeadLetterProducer:
     def __init__(self, config: Mapping[str, Any], topic: str, group_id: str, timeout_s: float = 15.0) -> None:
         conf = dict(config)
-        # Fail fast when the topic cannot be written: the batch is then retried, and not committed.
+        # Fail fast when the topic cannot be written: the records are sent again later, and not committed.
         conf.setdefault("message.timeout.ms", int(timeout_s * 1000))
         self._producer = Producer(conf)
         self.topic = topic
         self._group_id = group_id
         self._timeout_s = timeout_s
 
-    def send(self, rejected: Sequence[Rejected], timeout_s: float | None = None) -> None:
-        """Produce every rejected record and wait for Kafka to acknowledge all of them (at most
-        `timeout_s`, or the producer's timeout).
-
-        Raises DeadLetterUnavailable if any is not acknowledged: its offset must not be committed.
+    def send(self, rejected: Sequence[Rejected], acknowledged: Acknowledged) -> None:
+        """Produce every rejected record; `acknowledged(record, error)` is called inside a later `poll()`
+        once Kafka acknowledged it (error None) or gave up on it (after the producer's timeout). A record
+        that cannot even be queued is answered at once, with the error: its offset must not be committed.
         """
-        if not rejected:
-            return
-        wait_s = self._timeout_s if timeout_s is None else max(0.0, min(timeout_s, self._timeout_s))
-        failures: list[KafkaError] = []
+        for item in rejected:
+            original = item.message
+            key = original.key() if hasattr(original, "key") else None
 
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                failures.append(error)
+            def delivered(error: KafkaError | None, _message: Message, item: Rejected = item) -> None:
+                acknowledged(item, None if error is None else DeadLetterUnavailable(
+                    f"dead-letter topic {self.topic!r} cannot be written: {error}"))
 
-        try:
-            for item in rejected:
-                original = item.message
-                key = original.key() if hasattr(original, "key") else None
-                self._producer.produce(
-                    self.topic, key=key, value=original.value(),
-                    headers=dead_letter_headers(item, self._group_id), on_delivery=delivered,
-                )
-                self._producer.poll(0)
-        except (KafkaException, BufferError) as exc:
-            self._producer.flush(wait_s)
-            raise DeadLetterUnavailable(f"dead-letter topic {self.topic!r} cannot be written: {exc}") from exc
-        left = self._producer.flush(wait_s)
-        if left or failures:
-            reason = failures[0] if failures else f"{left} records unacknowledged after {wait_s:.1f}s"
-            raise DeadLetterUnavailable(f"dead-letter topic {self.topic!r} cannot be written: {reason}")
+            try:
+                self._producer.produce(self.topic, key=key, value=original.value(),
+                                       headers=dead_letter_headers(item, self._group_id), on_delivery=delivered)
+            except (KafkaException, BufferError) as exc:
+                acknowledged(item, DeadLetterUnavailable(f"dead-letter topic {self.topic!r} cannot be written: "
+                                                         f"{exc}"))
+        self._producer.poll(0)
+
+    def poll(self) -> None:
+        """Serve the acknowledgements that have arrived."""
+        self._producer.poll(0)
+
 
     def close(self, timeout_s: float = 2.0) -> None:
-        # Whatever is still queued here belongs to a batch that was not committed: it is read, and
-        # dead-lettered, again after a restart, so shutdown does not wait long for it.
+        # Whatever is still queued here belongs to records not committed: they are read, and dead-lettered,
+        # again after a restart, so shutdown does not wait long for it.
         self._producer.flush(timeout_s)

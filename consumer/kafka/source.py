@@ -46,8 +46,12 @@ class KafkaSource:
         )
 
     def poll(self, max_messages: int, timeout_s: float) -> list[Message]:
-        """Up to `max_messages` messages (at least one call to the consumer, to serve callbacks)."""
-        messages = self._consumer.consume(num_messages=max(1, max_messages), timeout=timeout_s)
+        """Up to `max_messages` messages: waits at most `timeout_s` for the first, and takes what else is
+        already there without waiting (librdkafka's batch consume waits for all it was asked for)."""
+        first = self._consumer.poll(timeout_s)
+        messages = [] if first is None else [first]
+        if first is not None and max_messages > 1:
+            messages += self._consumer.consume(num_messages=max_messages - 1, timeout=0)
         out = []
         for message in messages:
             error = message.error()

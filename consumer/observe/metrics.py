@@ -26,11 +26,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
-from confluent_kafka import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumer.core.errors import TransientError
-from consumer.core.records import Rejected
+from consumer.core.records import Message, Rejected
 from consumer.core.store import RowStatus, WriteReport
 from consumer.decode.assemble import Batch
 from consumer.decode.coalesce import ViewBatch
@@ -40,7 +39,9 @@ from consumer.kafka.source import TP
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10)
-FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+FRESHNESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
+                     21600, 86400)
+WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 50000)
 
 
@@ -79,18 +80,24 @@ class Metrics(Events):
                                    "Conditional writes Cassandra did not apply", ["view"], registry=r)
         self.m_write_retries = Counter("feature_consumer_write_retries", "Conditional writes sent again", ["view"],
                                      registry=r)
-        self.m_batch_size = Histogram("feature_consumer_batch_size", "Messages per micro-batch",
+        self.m_batch_size = Histogram("feature_consumer_batch_size", "Records per batch sent to the writer",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.m_write_latency = Histogram("feature_consumer_write_latency_seconds",
                                        "Latency of one conditional write request", ["view"],
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.m_record_wait = Histogram("feature_consumer_record_wait_seconds",
+                                       "Time from reading a record to sending its write's first request", ["view"],
+                                       buckets=WAIT_BUCKETS, registry=r)
+        self.m_in_flight = Gauge("feature_consumer_records_in_flight",
+                                 "Records sent to the writer or the dead-letter topic and not done yet", registry=r)
         self.m_freshness = Histogram("feature_consumer_event_to_online_seconds",
-                                   "Time of write minus event timestamp, per written row", ["view"],
+                                   "Time the write was acknowledged minus event timestamp, per written row", ["view"],
                                    buckets=FRESHNESS_BUCKETS, registry=r)
         self.m_rebalances = Counter("feature_consumer_rebalances", "Partition assignment changes", ["kind"],
                                   registry=r)
         self.m_assigned_partitions = Gauge("feature_consumer_assigned_partitions", "Partitions owned", registry=r)
-        self.m_failures = Counter("feature_consumer_transient_failures", "Batches sent around again",
+        self.m_failures = Counter("feature_consumer_transient_failures",
+                                  "Failures of a dependency that paused the partitions",
                                 ["error_class"], registry=r)
         self.m_last_commit_age = Gauge("feature_consumer_seconds_since_last_commit",
                                      "Seconds since this process last committed", registry=r)
@@ -138,7 +145,7 @@ class Metrics(Events):
             self.m_consumed.labels(view_batch.view.name).inc(view_batch.records)
             self.m_superseded.labels(view_batch.view.name).inc(view_batch.superseded)
 
-    def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None:
+    def view_written(self, view_batch: ViewBatch, report: WriteReport, waits: list[float]) -> None:
         name = view_batch.view.name
         written = report.count(RowStatus.APPLIED) + report.count(RowStatus.PARTIAL)
         self.m_written.labels(name).inc(written)
@@ -152,7 +159,13 @@ class Metrics(Events):
         events = view_batch.rows.event_ms
         for i, status in enumerate(report.statuses):
             if status is RowStatus.APPLIED or status is RowStatus.PARTIAL:
-                freshness.observe(max(0.0, now - int(events[i]) / 1000))
+                freshness.observe(max(0.0, report.done_at[i] - int(events[i]) / 1000))
+        wait = self.m_record_wait.labels(name)
+        for seconds in waits:
+            wait.observe(max(0.0, seconds))
+
+    def in_flight(self, records: int) -> None:
+        self.m_in_flight.set(records)
 
     def dead_lettered(self, rejected: list[Rejected]) -> None:
         for item in rejected:

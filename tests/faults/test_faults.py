@@ -8,20 +8,15 @@ scaled up and down, and the registry and the dead-letter topic disappear for a w
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
-from confluent_kafka.serialization import MessageField, SerializationContext
 
 from stack import localstack
-from tests.daemon import Daemon, Deployment, SlowProducer
+from tests.daemon import Daemon, Deployment, SlowProducer, framed_encoder
 from tests.helpers import DRIVER_SCHEMA
 from tests.proxy import TcpProxy
 from tests.workload import Event, generate
@@ -139,16 +134,6 @@ def test_consumers_scaled_1_3_1_during_the_stream(deployment, reader, daemons, r
     producer.join()
     deployment.wait_caught_up(timeout_s=180, daemons=daemons[:1])
     record_figures("consumers 1 -> 3 -> 1", deployment, reader, events, producer.where, 4)
-
-
-def framed_encoder(registry_url: str, topic: str, schema: dict[str, Any]) -> Callable[[Event], bytes]:
-    serializer = AvroSerializer(SchemaRegistryClient({"url": registry_url}), json.dumps(schema))
-    ctx = SerializationContext(topic, MessageField.VALUE)
-
-    def encode(event: Event) -> bytes:
-        return bytes(serializer(event.record(), ctx))
-
-    return encode
 
 
 def test_schema_registry_unreachable_at_start_up_and_mid_stream(

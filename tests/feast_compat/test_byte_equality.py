@@ -31,9 +31,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from consumer.feast import frame as rows
 from consumer.core.dtypes import DTYPES, ENTITY_VALUE_TYPES, Kind
 from consumer.core.views import FeatureView
+from consumer.feast import frame as rows
 
 pytestmark = pytest.mark.feast
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,8 @@ import pytest
 
 from stack import localstack
 from tests.daemon import Daemon, Deployment
-from tests.helpers import driver_view
+from tests.helpers import driver_view, wait_for
+from tests.proxy import TcpProxy
 from tests.workload import compare, expected_state, generate
 
 pytestmark = pytest.mark.integration
@@ -108,16 +110,23 @@ def test_lag_command_for_a_group_that_never_committed(deployment) -> None:
     assert sum(int(end) for _, _, _, end, _ in lines) == 20
 
 
-def test_sigterm_drains_commits_and_a_restart_resumes(deployment, reader, daemons) -> None:
-    deployment.batch = {"max_records": 100_000, "max_wait_ms": 60_000}  # records sit in the buffer
+def test_sigterm_drains_commits_and_a_restart_resumes(deployment, reader, daemons, running) -> None:
+    # Records are held in flight by Cassandra being out of reach (behind a closed proxy), not by a timer.
+    proxy = TcpProxy(deployment.endpoints.cql_host, deployment.endpoints.cql_port)
+    proxy.open()
+    proxy.close()
+    running.append(proxy.close)
+    deployment.extra["cassandra"] = {"port": proxy.port}
     deployment.write_config()
     daemon = Daemon(deployment)
     daemons.append(daemon)
     events = generate(entities=40, events_per_entity=3, seed=17, poison_rate=0.0)
     deployment.produce(events)
-    time.sleep(6)  # consumed and buffered, not written: the batch is not due for a minute
+    wait_for(lambda: "keeps failing" in daemon.log(), timeout_s=60, what="the writes to wait for Cassandra")
     assert deployment.total_lag() != 0
     started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    proxy.open()  # Cassandra answers again while the daemon drains
     assert daemon.terminate(timeout_s=30) == 0
     assert time.monotonic() - started < 20
     assert deployment.total_lag() == 0
@@ -126,8 +135,6 @@ def test_sigterm_drains_commits_and_a_restart_resumes(deployment, reader, daemon
 
     more = generate(entities=40, events_per_entity=2, seed=18, poison_rate=0.0)
     more = [type(e)(e.index + len(events), *list(e.__dict__.values())[1:]) for e in more]
-    deployment.batch = {"max_records": 500, "max_wait_ms": 200}
-    deployment.write_config()
     deployment.produce(more)
     daemons.append(Daemon(deployment, "again"))
     deployment.wait_caught_up(daemons=daemons[-1:])

@@ -14,8 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stack import localstack
-from tests.daemon import Daemon, Deployment
-from tests.helpers import free_port, wait_for
+from tests.daemon import Daemon, Deployment, framed_encoder
+from tests.helpers import DRIVER_SCHEMA, free_port, wait_for
 from tests.proxy import TcpProxy
 from tests.workload import generate
 
@@ -194,19 +194,30 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_healthz_turns_false_when_the_loop_is_stuck(deployment, daemons) -> None:
+def test_healthz_turns_false_when_the_loop_is_stuck(make_deployment, registry_url, daemons, running) -> None:
+    """The loop is stuck only where it blocks: the one call it makes in its own thread that can hang is the
+    registry fetch of a new schema id (bounded by schema_registry.timeout_s). Cassandra cannot stall it:
+    writes are in flight on the writer's thread (tests/faults: a hung Cassandra keeps /healthz at 200)."""
+    host_port = registry_url.split("//")[1].split("/")[0]
+    proxy = TcpProxy(host_port.split(":")[0], int(host_port.split(":")[1]))
+    proxy.open()
+    running.append(proxy.close)
+    deployment = make_deployment("met_stuck", registry_url=registry_url.replace(host_port, proxy.url_host),
+                                 extra={"metrics": {"lag_interval_s": 0.5, "stuck_after_s": 4},
+                                        "schema_registry": {"timeout_s": 30}})
     port = free_port()
-    deployment.extra["cassandra"] = {"request_timeout_s": 30}
     deployment.write_config(metrics_port=port)
     daemons.append(Daemon(deployment))
     wait_for(lambda: get(port, "/readyz")[0] == 200, what="readiness")
     assert get(port, "/healthz")[0] == 200
-    cassandra = localstack._read_pid("cassandra")
-    assert cassandra is not None
-    os.kill(cassandra, signal.SIGSTOP)  # the next write hangs inside the loop
+    proxy.hold()  # the registry hangs: the fetch of the new schema id below blocks the loop
     try:
-        deployment.produce(generate(entities=5, events_per_entity=1, seed=24, poison_rate=0.0))
+        schema_v2 = dict(DRIVER_SCHEMA, fields=[*DRIVER_SCHEMA["fields"],
+                                                {"name": "region", "type": "string", "default": "eu"}])
+        deployment.produce(generate(entities=5, events_per_entity=1, seed=24, poison_rate=0.0),
+                           framed_encoder(registry_url, deployment.topic, schema_v2))
         wait_for(lambda: get(port, "/healthz")[0] == 503, timeout_s=60, what="/healthz to fail")
     finally:
-        os.kill(cassandra, signal.SIGCONT)
+        proxy.release()
     wait_for(lambda: get(port, "/healthz")[0] == 200, timeout_s=90, what="/healthz to recover")
+    deployment.wait_caught_up(daemons=daemons)

@@ -55,4 +55,4 @@ def test_packages_import_only_what_the_layout_allows(package: str) -> None:
 
 def test_no_module_outgrows_the_layout() -> None:
     sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
-    assert max(sizes.values()) <= 360, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+    assert max(sizes.values()) <= 380, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]

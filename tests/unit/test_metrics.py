@@ -119,8 +119,8 @@ def test_written_rows_feed_the_counters_and_the_freshness_histogram() -> None:
                        np.zeros(3, dtype=np.int64), {f.name: [b""] * 3 for f in view.features})
     vb = ViewBatch(view, None, rows, np.arange(3), records=4, superseded=1)  # type: ignore[arg-type]
     report = WriteReport([RowStatus.APPLIED, RowStatus.PARTIAL, RowStatus.STALE], not_applied=2,
-                         latencies=[0.004, 0.006])
-    m.view_written(vb, report, now=1000.0)
+                         latencies=[0.004, 0.006], sent_at=[5.0, 5.5, None], done_at=[1000.0, 1000.0, 1000.0])
+    m.view_written(vb, report, waits=[0.002, 0.003])
     labels = {"view": "driver_hourly_stats"}
     assert m.registry.get_sample_value("feature_consumer_records_written_total", labels) == 2
     assert m.registry.get_sample_value("feature_consumer_records_stale_total", labels) == 1
@@ -128,6 +128,11 @@ def test_written_rows_feed_the_counters_and_the_freshness_histogram() -> None:
     assert m.registry.get_sample_value("feature_consumer_write_latency_seconds_count", labels) == 2
     assert m.registry.get_sample_value("feature_consumer_event_to_online_seconds_count", labels) == 2
     assert m.registry.get_sample_value("feature_consumer_event_to_online_seconds_sum", labels) == 15.0
+    assert m.registry.get_sample_value("feature_consumer_record_wait_seconds_count", labels) == 2
+    assert m.registry.get_sample_value("feature_consumer_record_wait_seconds_sum", labels) == 0.005
+    # Milliseconds are told apart: both rows below 10 ms of wait, none below 1 ms.
+    assert m.registry.get_sample_value("feature_consumer_record_wait_seconds_bucket", {**labels, "le": "0.001"}) == 0
+    assert m.registry.get_sample_value("feature_consumer_record_wait_seconds_bucket", {**labels, "le": "0.005"}) == 2
 
 
 def test_health_and_readiness() -> None:

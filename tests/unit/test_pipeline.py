@@ -1,7 +1,11 @@
-"""The loop with its ports faked: commit after write, dead letters before commit, failures, rebalances."""
+"""The loop with its ports faked: records flow to an idle writer at once and gather while it is busy,
+commits follow the done prefix whatever order writes finish in, dead letters before the commit,
+failures pause everything, rebalances and shutdown."""
 
 from __future__ import annotations
 
+import itertools
+import json
 from typing import Any
 
 import pytest
@@ -20,10 +24,8 @@ P0, P1 = (TOPIC, 0), (TOPIC, 1)
 
 class Harness:
     def __init__(self, max_records: int = 4, max_wait_ms: int = 1000, events: Events | None = None,
-                 max_bytes: int = 32 << 20) -> None:
+                 max_bytes: int = 32 << 20, max_in_flight: int = 2) -> None:
         view = driver_view()
-        import json
-
         decoders = {TOPIC: TopicDecoder(TOPIC, [view], file_schema=load_writer_schema(json.dumps(DRIVER_SCHEMA)))}
         self.clock = FakeClock()
         self.store = FakeStore()
@@ -35,9 +37,9 @@ class Harness:
             return self.source
 
         self.pipeline = Pipeline(decoders, self.store, self.dlq, make_source, limits=Limits(),
-                                 policy=BatchPolicy(max_records, max_wait_ms, max_bytes),
+                                 policy=BatchPolicy(max_records, max_wait_ms, max_bytes, max_in_flight),
                                  backoff=Backoff(100, 1000), drain_timeout_s=5,
-                                 clock=Clock(self.clock.wall, self.clock.monotonic, self.clock.sleep),
+                                 clock=Clock(self.clock.wall, self.clock.monotonic, self.clock.wait_on),
                                  events=events)
         self.view = view
         self.offsets = {P0: 0, P1: 0}
@@ -54,12 +56,15 @@ class Harness:
         for _ in range(n):
             self.pipeline.step()
 
-    def stored(self, driver_id: int) -> dict[str, Any]:
+    @staticmethod
+    def key(driver_id: int) -> str:
         from consumer.core.dtypes import ENTITY_VALUE_TYPES
         from consumer.feast.keys import serialize_entity_key
 
-        key = serialize_entity_key([("driver_id", ENTITY_VALUE_TYPES["INT64"], driver_id)]).hex()
-        return self.store.read(self.view, key)
+        return serialize_entity_key([("driver_id", ENTITY_VALUE_TYPES["INT64"], driver_id)]).hex()
+
+    def stored(self, driver_id: int) -> dict[str, Any]:
+        return self.store.read(self.view, self.key(driver_id))
 
 
 @pytest.fixture
@@ -69,52 +74,91 @@ def h() -> Harness:
     return harness
 
 
-def test_a_full_batch_is_written_then_committed(h: Harness) -> None:
+def test_records_go_to_an_idle_writer_at_once_then_are_committed(h: Harness) -> None:
     h.produce(0, [driver_body(driver_id=i) for i in range(4)])
-    h.steps(2)
+    h.steps(2)  # read; send
     assert h.store.writes == 4
+    assert h.clock.t == 0  # no wait of any kind: the writer was idle
+    h.steps(1)  # take the outcome in and commit
     assert h.source.committed_offsets() == {P0: 4}
 
 
 def test_large_records_make_batches_bounded_in_bytes() -> None:
     h = Harness(max_records=100, max_bytes=3 * len(driver_body(driver_id=0)))
     h.source.rebalance("assign", [P0, P1])
+    h.store.hold = True
     h.produce(0, [driver_body(driver_id=i) for i in range(7)])
-    h.steps(3)
-    assert h.source.committed_offsets() == {P0: 6}  # two batches of three; the seventh is not yet due
-    assert [c[0][P0] for c in h.source.commits] == [3, 6]
+    h.steps(6)
+    assert [len(rows) for _, _, rows, _ in h.store.held] == [3, 3]  # two in flight, at most 3 records each
+    h.store.hold = False
+    h.store.release()
+    h.steps(4)
+    assert h.source.committed_offsets() == {P0: 7}
+    assert h.store.writes == 7
 
 
-def test_a_partial_batch_waits_for_its_deadline(h: Harness) -> None:
+def test_while_a_batch_is_in_flight_records_gather_until_it_is_done_or_they_are_old() -> None:
+    h = Harness(max_records=4, max_wait_ms=1000)
+    h.source.rebalance("assign", [P0, P1])
+    h.store.hold = True
     h.produce(0, [driver_body(driver_id=1)])
-    h.pipeline.step()
-    assert h.store.writes == 0
-    h.clock.advance(1.0)
+    h.steps(2)
+    assert h.store.submissions == 1  # one record, sent at once to the idle writer
+    h.produce(0, [driver_body(driver_id=2), driver_body(driver_id=3)])
+    h.steps(3)
+    assert h.store.submissions == 1 and len(h.pipeline.intake) == 2  # gathering (Nagle)
+    h.store.release()  # the batch in flight is done: what gathered goes at once
+    h.steps(2)
+    assert h.store.submissions == 2
+    h.produce(0, [driver_body(driver_id=4)])
+    h.steps(2)
+    assert h.store.submissions == 2
+    h.clock.advance(1.0)  # max_wait_ms is an upper bound: a second batch goes while the first is in flight
     h.steps(1)
-    assert h.store.writes == 1
-    assert h.source.committed_offsets() == {P0: 1}
+    assert h.store.submissions == 3 and len(h.store.held) == 2
+    h.store.release()
+    h.steps(2)
+    assert h.source.committed_offsets() == {P0: 4}
+
+
+def test_writes_finishing_out_of_order_commit_only_the_done_prefix() -> None:
+    h = Harness(max_records=2, max_in_flight=2)
+    h.source.rebalance("assign", [P0, P1])
+    h.store.hold = True
+    h.produce(0, [driver_body(driver_id=i) for i in range(4)])
+    h.steps(4)
+    first, second = [job for job, *_ in h.store.held]
+    h.store.release([second])  # offsets 2-3 done, 0-1 not
+    h.steps(2)
+    assert h.source.committed_offsets() == {}
+    h.store.release([first])
+    h.steps(2)
+    assert h.source.committed_offsets() == {P0: 4}
 
 
 def test_rejected_records_reach_the_dead_letters_before_the_commit(h: Harness) -> None:
     h.produce(0, [driver_body(driver_id=1), b"\x09garbage", driver_body(driver_id=2), b""])
-    h.steps(2)
+    h.steps(4)
     assert [r.error.source.offset for r in h.dlq.sent] == [1, 3]
     assert h.source.committed_offsets() == {P0: 4}
 
 
 def test_a_store_outage_commits_nothing_pauses_and_resumes(h: Harness) -> None:
-    h.store.down = True
     h.produce(0, [driver_body(driver_id=i) for i in range(4)])
+    h.store.hold = True
+    h.steps(2)
+    h.store.hold = False
+    h.store.down = True  # the writer fails and retries: the batch stays in flight
     h.steps(3)
     assert h.source.commits == []
     assert h.source.paused == {P0, P1}
     h.produce(0, [driver_body(driver_id=9)])  # arrives during the outage: not taken while paused
+    h.steps(3)
+    assert len(h.pipeline.intake) == 0
     h.store.down = False
-    h.clock.advance(1.0)
     h.steps(3)
     assert h.source.paused == set()
     assert h.source.committed_offsets()[P0] >= 4
-    h.clock.advance(1.0)
     h.steps(3)
     assert h.source.committed_offsets() == {P0: 5}
     assert h.store.writes == 5
@@ -123,88 +167,109 @@ def test_a_store_outage_commits_nothing_pauses_and_resumes(h: Harness) -> None:
 class Recorder(Events):
     def __init__(self) -> None:
         self.assembled = 0
+        self.failures = 0
         self.paused_now: set[tuple[str, int]] = set()
+        self.in_flight_records: list[int] = []
 
     def batch_assembled(self, batch: Any) -> None:
         self.assembled += 1
 
+    def failed(self, error: Any) -> None:
+        self.failures += 1
+
     def paused(self, partitions: set[tuple[str, int]], paused: bool) -> None:
         self.paused_now = self.paused_now | partitions if paused else self.paused_now - partitions
 
+    def in_flight(self, records: int) -> None:
+        self.in_flight_records.append(records)
 
-def test_a_batch_sent_around_again_is_reported_once_and_new_partitions_show_as_paused() -> None:
+
+def test_a_batch_is_assembled_once_through_an_outage_and_new_partitions_show_as_paused() -> None:
     events = Recorder()
     h = Harness(events=events)
     h.source.rebalance("assign", [P0])
     h.store.down = True
     h.produce(0, [driver_body(driver_id=i) for i in range(4)])
-    for _ in range(4):
-        h.steps(1)
-        h.clock.advance(h.pipeline.state.retry_at - h.clock.t)
-    assert events.assembled == 1 and h.pipeline.state.failures > 1
+    h.steps(4)
+    h.store.down = False
+    h.steps(1)  # not yet: the outage is over only when the writer says so
+    assert events.failures == 1
+    h.store.down = True
+    h.steps(2)
     h.source.rebalance("assign", [P1])  # during the outage: paused at once, and reported so
-    h.steps(2)  # one more failed round, then a poll (while waiting) delivers the assignment
+    h.steps(2)
     assert events.paused_now == {P0, P1} == h.source.paused
     h.store.down = False
-    h.clock.advance(h.pipeline.state.retry_at - h.clock.t)
-    h.steps(1)
+    h.steps(3)
     assert events.assembled == 1 and events.paused_now == set()
     assert h.source.committed_offsets() == {P0: 4}
+    assert events.in_flight_records[-1] == 0 and max(events.in_flight_records) == 4
 
 
-def test_backoff_grows_while_the_store_stays_down(h: Harness) -> None:
-    h.store.down = True
-    h.produce(0, [driver_body(driver_id=i) for i in range(4)])
-    h.steps(1)
-    first = h.pipeline.state.retry_at - h.clock.t
+def test_backoff_grows_while_the_dead_letter_topic_stays_down(h: Harness) -> None:
+    h.dlq.down = True
+    h.produce(0, [b"\x09garbage"])
+    h.steps(3)
+    first = h.pipeline.troubles.retry_at - h.clock.t
     h.clock.advance(first)
-    h.steps(1)
-    second = h.pipeline.state.retry_at - h.clock.t
+    h.steps(2)
+    second = h.pipeline.troubles.retry_at - h.clock.t
     assert second > first
 
 
 def test_an_unwritable_dead_letter_topic_blocks_the_commit(h: Harness) -> None:
     h.dlq.down = True
     h.produce(0, [driver_body(driver_id=1), b"\x09garbage", driver_body(driver_id=2), driver_body(driver_id=3)])
-    h.steps(3)
+    h.steps(4)
     assert h.source.commits == []
+    assert h.source.paused == {P0, P1}
     h.dlq.down = False
     h.clock.advance(1.0)
-    h.steps(2)
+    h.steps(3)
     assert h.source.committed_offsets() == {P0: 4}
     assert len(h.dlq.sent) == 1
+    assert h.source.paused == set()
 
 
 def test_a_revoke_finishes_buffered_work_and_commits_synchronously(h: Harness) -> None:
+    h.store.hold = True
     h.produce(0, [driver_body(driver_id=1)])
+    h.steps(2)  # in flight, held
     h.produce(1, [driver_body(driver_id=2)])
-    h.pipeline.step()  # buffered, batch not due yet
-    assert h.store.writes == 0
+    h.steps(1)  # buffered behind the batch in flight
+    assert h.store.writes == 0 and len(h.pipeline.intake) == 1
+    h.store.hold = False
     h.source.rebalance("revoke", [P1])
     h.pipeline.step()
-    assert h.store.writes == 2
+    assert h.store.writes == 1  # the revoked partition's record, written before letting go
     assert ({P1: 1}, False) in h.source.commits
-    assert h.pipeline.state.assigned == {P0}
+    assert h.pipeline.assigned == {P0}
+    h.store.release()
+    h.steps(2)
+    assert h.source.committed_offsets() == {P1: 1, P0: 1}
 
 
 def test_a_revoke_during_an_outage_drops_the_partition_without_committing(h: Harness) -> None:
-    h.store.down = True
     h.produce(0, [driver_body(driver_id=1), driver_body(driver_id=2)])
     h.produce(1, [driver_body(driver_id=3), driver_body(driver_id=4)])
+    h.steps(1)
+    h.store.down = True
     h.steps(2)
     h.source.rebalance("revoke", [P1])
-    h.steps(3)  # a revoke arrives inside a poll: the next turn spent waiting out the failure
-    assert h.pipeline.state.buffer
-    assert all(m.partition() == 0 for m in h.pipeline.state.buffer)
+    h.steps(2)
+    assert h.pipeline.intake.partitions() <= {P0}
     assert h.source.commits == []
 
 
 def test_lost_partitions_are_dropped_without_a_commit(h: Harness) -> None:
+    h.store.hold = True
     h.produce(1, [driver_body(driver_id=3)])
-    h.pipeline.step()
+    h.steps(2)
     h.source.rebalance("lost", [P1])
     h.pipeline.step()
-    assert h.pipeline.state.buffer == []
+    h.store.release()
+    h.steps(2)
+    assert len(h.pipeline.intake) == 0 and not h.pipeline.flights
     assert h.source.commits == []
 
 
@@ -213,12 +278,40 @@ def test_only_newest_values_survive_out_of_order_delivery(h: Harness) -> None:
     h.produce(0, [driver_body(driver_id=1, ts=T0_MICROS + 5 * s, conv=0.5),
                   driver_body(driver_id=1, ts=T0_MICROS + 1 * s, conv=0.1)])
     h.produce(1, [driver_body(driver_id=1, ts=T0_MICROS + 3 * s, conv=0.3)])
-    h.steps(1)  # buffered: three records do not make a batch
-    h.clock.advance(1.0)
-    h.steps(2)
+    h.steps(6)
     cells = h.stored(1)
     assert {c.event_ms for c in cells.values()} == {(T0_MICROS + 5 * s) // 1000}
     assert h.source.committed_offsets() == {P0: 2, P1: 1}
+
+
+def test_a_partition_holding_its_share_is_paused_and_resumed_once_drained() -> None:
+    h = Harness(max_records=8, max_in_flight=1)
+    h.source.rebalance("assign", [P0, P1])
+    h.store.hold = True
+    h.produce(0, [driver_body(driver_id=i) for i in range(12)])
+    h.produce(1, [driver_body(driver_id=100 + i) for i in range(2)])
+    h.steps(1)
+    assert P0 in h.source.paused and P1 not in h.source.paused  # P0 holds its share (4 of 8)
+    h.steps(1)
+    h.store.release()
+    h.store.hold = False
+    h.steps(8)
+    assert h.source.paused == set()
+    assert h.source.committed_offsets() == {P0: 12, P1: 2}
+
+
+def test_a_backlog_is_served_from_every_partition_in_turn() -> None:
+    """A backlog in two partitions: every batch takes from both, none waits for the other to drain."""
+    h = Harness(max_records=4, max_in_flight=1)
+    h.source.rebalance("assign", [P0, P1])
+    h.produce(0, [driver_body(driver_id=i) for i in range(8)])
+    h.produce(1, [driver_body(driver_id=100 + i) for i in range(8)])
+    h.steps(20)
+    assert h.source.committed_offsets() == {P0: 8, P1: 8}
+    keys = {h.key(i): 0 for i in range(8)} | {h.key(100 + i): 1 for i in range(8)}
+    partitions = [set(keys[k] for k in rows.entity_keys) for rows in h.store.submitted]
+    # Each poll brings one partition's run (as librdkafka's fetches do); the other is served in the next batch.
+    assert all(a | b == {0, 1} for a, b in itertools.pairwise(partitions)), partitions
 
 
 def test_shutdown_drains_commits_and_leaves(h: Harness) -> None:
@@ -233,7 +326,7 @@ def test_shutdown_drains_commits_and_leaves(h: Harness) -> None:
 def test_shutdown_gives_up_after_the_drain_timeout_when_the_store_is_down(h: Harness) -> None:
     h.store.down = True
     h.produce(0, [driver_body(driver_id=1)])
-    h.pipeline.step()
+    h.steps(2)
     start = h.clock.t
     h.pipeline.shutdown()
     assert h.clock.t - start <= 5.5
@@ -241,37 +334,32 @@ def test_shutdown_gives_up_after_the_drain_timeout_when_the_store_is_down(h: Har
     assert h.source.closed
 
 
-def test_while_draining_no_write_or_dead_letter_wait_outlasts_the_drain_timeout(h: Harness) -> None:
+def test_shutdown_abandons_writes_still_in_flight_at_the_drain_timeout(h: Harness) -> None:
+    h.store.hold = True
     h.produce(0, [driver_body(driver_id=1), b"\x09garbage"])
-    h.pipeline.step()
-    assert h.store.budgets == [] and h.dlq.timeouts == []
-    h.clock.t += 0.5
-    h.pipeline.shutdown()  # drain_timeout_s 5
-    assert len(h.store.budgets) == 1 and len(h.dlq.timeouts) == 1
-    assert 0 < h.store.budgets[0] <= 5 and 0 < h.dlq.timeouts[0] <= 5  # type: ignore[operator]
-
-
-def test_in_normal_running_writes_have_no_budget(h: Harness) -> None:
-    h.produce(0, [driver_body(driver_id=i) for i in range(4)])
     h.steps(2)
-    assert h.store.budgets == [None]
+    start = h.clock.t
+    h.pipeline.shutdown()
+    assert 5 <= h.clock.t - start <= 5.5
+    assert h.store.abandoned == {1}
+    assert h.source.commits == [] and h.source.closed
 
 
-def test_after_a_failed_batch_is_lost_new_partitions_are_not_left_paused(h: Harness) -> None:
+def test_after_a_failure_whose_work_is_lost_new_partitions_are_not_left_paused(h: Harness) -> None:
     """A broker restart: the batch waits out a failure, the partitions are lost and assigned again."""
     h.dlq.down = True
     h.produce(0, [driver_body(driver_id=1), b"\x09garbage", driver_body(driver_id=2), driver_body(driver_id=3)])
-    h.steps(2)
+    h.steps(4)
     assert h.source.paused == {P0, P1}
     h.source.rebalance("lost", [P0, P1])
-    h.steps(3)  # delivered inside a poll: a turn spent waiting out the failure
-    assert h.pipeline.state.buffer == [] and h.source.paused == set()
+    h.steps(3)
+    assert len(h.pipeline.intake) == 0 and not h.pipeline.flights and h.source.paused == set()
     h.dlq.down = False
     h.source.queues[P0] = []  # the new owner (this process again) reads from the last commit
     h.offsets[P0] = 0
     h.source.rebalance("assign", [P0, P1])
     h.produce(0, [driver_body(driver_id=i) for i in range(4)])
-    h.steps(3)
+    h.steps(4)
     assert h.source.paused == set()
     assert h.source.committed_offsets() == {P0: 4}
 
@@ -280,7 +368,7 @@ def test_a_failed_asynchronous_commit_is_sent_again_when_the_partition_goes_idle
     """Seen in the fault suite: commits refused during a rebalance, and no later batch to cover them."""
     h.source.fail_async_commits = True
     h.produce(0, [driver_body(driver_id=i) for i in range(4)])
-    h.steps(2)
+    h.steps(3)
     assert h.source.committed_offsets() == {}
     h.source.fail_async_commits = False  # the rebalance is over; nothing more arrives on the partition
     for _ in range(30):
@@ -292,8 +380,9 @@ def test_a_failed_asynchronous_commit_is_sent_again_when_the_partition_goes_idle
 def test_a_failed_commit_is_not_sent_again_for_a_partition_given_away(h: Harness) -> None:
     h.source.fail_async_commits = True
     h.produce(0, [driver_body(driver_id=i) for i in range(4)])
+    h.steps(2)
+    h.source.rebalance("lost", [P0])  # delivered in the same poll as the commit's failure
     h.steps(1)
-    h.source.rebalance("lost", [P0])
     h.source.fail_async_commits = False
     for _ in range(30):
         h.steps(1)
