@@ -1,21 +1,23 @@
-"""End-to-end guarded upserts per second for one consumer process on the local stack, against two anchors
-measured in the same run on the same rows:
+"""End to end, one consumer process on the local stack: guarded upserts per second and freshness, against
+anchors measured in the same run on the same records (see docs/performance.md for the table):
 
-  (a) a tuned raw cassandra-driver loop issuing the same conditional writes from already decoded rows
-      (the conditional batches our run issued, replayed with `execute_concurrent` at the best of several
-      concurrencies, into a table seeded the same way): the ceiling for conditional writes here;
-  (b) Feast 0.67's own `FeatureStore.write_to_online_store` into its Cassandra online store on the same
-      rows (blind INSERTs, unguarded), in its own virtualenv.
+  (a) the writer alone on the rows our run wrote, already decoded (bench/anchors.py);
+  (b) the fastest raw cassandra-driver loop for the same conditional batches (bench/anchors.py);
+  (c) Feast 0.67's `FeatureStore.write_to_online_store` on the same rows (blind INSERTs), in its own
+      virtualenv (bench/feast_writer.py);
+  (d) Feast 0.67's own Kafka stream ingestion (its Spark processor) on the same topic and records: its
+      throughput and freshness (bench/feast_spark.py), when it can run here (`--spark`).
 
 Ours: the records are produced to a topic first; the daemon's pipeline (built exactly as `run` builds it)
 consumes them until its commits reach the log end. Every entity is seeded with an older version first,
-so that each write is a guarded update, as in a steady stream.
+so that each write is a guarded update, as in a steady stream. CPU is the whole process's, from /proc.
 
-Also: p50/p99 event-to-online latency at half the measured uniform rate, and (with --rss-records) the
-peak RSS of `feature-consumer run` while it catches up on a backlog.
+Freshness (bench/freshness.py) at 10%, 50% and 90% of the measured uniform rate: from each record's
+Kafka timestamp to its write's acknowledgement, checked by an outside probe that reads rows back.
 
-    .venv/bin/python -m bench.e2e                          # uniform and Zipf, latency
-    .venv/bin/python -m bench.e2e --rss-records 1000000    # plus the backlog run (several minutes)
+    .venv/bin/python -m bench.e2e                          # throughput (uniform, Zipf) and freshness
+    .venv/bin/python -m bench.e2e --spark                  # plus anchor (d)
+    .venv/bin/python -m bench.e2e --phases rss --rss-records 1000000    # peak RSS on a backlog
 """
 
 from __future__ import annotations
@@ -25,31 +27,28 @@ import io
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import numpy as np
 import yaml
-from cassandra.concurrent import execute_concurrent
-from cassandra.query import BatchStatement, BatchType
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.anchors import Measured, Row, process_cpu_s, raw_loop, seed_store, writer_alone
+from bench.freshness import OutsideProbe, percentile
 from consumer.app import build
 from consumer.cassandra.connection import CassandraOptions
-from consumer.cassandra.schema import table_name
 from consumer.cassandra.writer import CassandraStore
 from consumer.config import load_settings
-from consumer.core.guard import NULL_MS
 from consumer.core.store import RowStatus, WriteReport
 from consumer.core.views import FeatureView
 from consumer.decode.coalesce import ViewBatch
@@ -57,10 +56,10 @@ from consumer.events import Events
 from consumer.kafka.offsets import OffsetReader, group_lag
 from consumer.kafka.source import TP
 from stack import feastenv, localstack
-from stack.example import example_view_spec
+from stack.example import SCHEMA_PATH, example_view_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "schemas" / "driver_hourly_stats.avsc").read_text())
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
 PARSED = fastavro.parse_schema({**SCHEMA, "fields": [
     {**f, "type": "long"} if isinstance(f["type"], dict) else f for f in SCHEMA["fields"]]})
 PARTITIONS = 4
@@ -96,28 +95,31 @@ def make_records(n: int, entities: int, zipf_s: float | None, seed: int, start_m
 class Probe(Events):
     """Watches the pipeline: when its commits reach the log end, stop; what it wrote, and how fresh."""
 
-    def __init__(self, ends: Mapping[TP, int], stop: Any) -> None:
+    def __init__(self, ends: Mapping[TP, int]) -> None:
         self.ends = dict(ends)
         self.done: dict[TP, int] = {}
-        self.stop = stop
+        self.stop: Any = None
         self.first: float | None = None
         self.last: float | None = None
-        self.written: list[tuple[str, int, int, dict[str, bytes]]] = []
-        self.freshness: list[float] = []
-        self.consumed = 0
+        self.written: list[Row] = []
+        self.freshness: list[float] = []  # ack (wall) minus the record's Kafka timestamp, per written row
         self.keep_rows = True
         self.has_assignment = threading.Event()
+        self._batches: dict[int, Any] = {}
 
     def batch_assembled(self, batch: Any) -> None:
         if self.first is None:
             self.first = time.perf_counter()
-        self.consumed += batch.size
+        for view_batch in batch.views:
+            self._batches[id(view_batch)] = batch
 
-    def view_written(self, view_batch: ViewBatch, report: WriteReport, now: float) -> None:
+    def view_written(self, view_batch: ViewBatch, report: WriteReport, waits: list[float]) -> None:
+        batch = self._batches.pop(id(view_batch))
         rows = view_batch.rows
         for i, status in enumerate(report.statuses):
             if status in (RowStatus.APPLIED, RowStatus.PARTIAL):
-                self.freshness.append(now - int(rows.event_ms[i]) / 1000)
+                _kind, ts_ms = batch.messages[int(view_batch.positions[i])].timestamp()
+                self.freshness.append(report.done_at[i] - ts_ms / 1000)
                 if self.keep_rows:
                     values = {f: rows.values[f][i] for f in rows.values}
                     self.written.append((rows.entity_keys[i], int(rows.event_ms[i]), int(rows.created_ms[i]), values))
@@ -147,12 +149,12 @@ class Setup:
         self.topics.append(topic)
         return topic
 
-    def settings(self, topic: str, keyspace: str, max_in_flight: int) -> Any:
+    def settings(self, topic: str, keyspace: str) -> Any:
         config = {
             "kafka": {"bootstrap_servers": self.endpoints.bootstrap_servers, "group_id": f"{topic}-g",
                       "dead_letter_topic": f"{topic}.dlq"},
             "cassandra": {"hosts": [self.endpoints.cql_host], "port": self.endpoints.cql_port, "keyspace": keyspace,
-                          "consistency": "ONE", "serial_consistency": "SERIAL", "max_in_flight": max_in_flight,
+                          "consistency": "ONE", "serial_consistency": "SERIAL",
                           "replication": {"class": "SimpleStrategy", "replication_factor": 1}},
             "limits": {"max_future_ms": None},
             "metrics": {"port": 0},
@@ -161,6 +163,14 @@ class Setup:
         path = self.workdir / f"{topic}.yaml"
         path.write_text(yaml.safe_dump(config))
         return load_settings(path)
+
+    def store(self, keyspace: str, view: FeatureView, seed_keys: Sequence[str] = ()) -> CassandraStore:
+        store = CassandraStore(CassandraOptions(hosts=(self.endpoints.cql_host,), port=self.endpoints.cql_port,
+                                                keyspace=keyspace, consistency="ONE", serial_consistency="SERIAL"))
+        store.create_schema([view], create_keyspace=True)
+        if seed_keys:
+            seed_store(store, view, seed_keys)
+        return store
 
 
 def produce(bootstrap: str, topic: str, records: Sequence[Record]) -> dict[TP, int]:
@@ -178,79 +188,29 @@ def produce(bootstrap: str, topic: str, records: Sequence[Record]) -> dict[TP, i
     return {(r.topic, r.partition): r.log_end for r in group_lag({"bootstrap.servers": bootstrap}, "none", [topic])}
 
 
-def seed_store(store: CassandraStore, view: FeatureView, keys: list[str]) -> None:
-    """An older version of every entity, written blindly: each measured write is then a guarded update."""
-    table = table_name(store.options.keyspace, view)
-    insert = store.session.prepare(
-        f"INSERT INTO {table} (entity_key, feature_name, value, event_ts) VALUES (?, ?, ?, 1)")
-    params = [(insert, (k, f.name, b"")) for k in keys for f in view.features]
-    for start in range(0, len(params), 50_000):
-        execute_concurrent(store.session, params[start:start + 50_000], concurrency=256, raise_on_first_error=True)
-
-
-def entity_keys(records: Sequence[Record], view: FeatureView) -> list[str]:
+def entity_keys(driver_ids: Sequence[int], view: FeatureView) -> list[str]:
     from consumer.feast.keys import entity_key_hex
 
-    ids = np.array(sorted({r.driver_id for r in records}), dtype=np.int64)
-    return entity_key_hex(view.join_keys, [ids], 3)
+    return entity_key_hex(view.join_keys, [np.array(sorted(set(driver_ids)), dtype=np.int64)], 3)
 
 
-def run_ours(setup: Setup, name: str, records: Sequence[Record], max_in_flight: int, keep_rows: bool = True
-             ) -> tuple[Probe, float]:
+def run_ours(setup: Setup, name: str, records: Sequence[Record]) -> tuple[Probe, Measured]:
     topic = setup.topic(name)
     keyspace = f"bench_{name}_{setup.run}"
-    settings = setup.settings(topic, keyspace, max_in_flight)
+    settings = setup.settings(topic, keyspace)
     view = settings.views[0]
-    store = CassandraStore(settings.cassandra.options())
-    store.create_schema([view], create_keyspace=True)
-    seed_store(store, view, entity_keys(records, view))
-    store.close()
-    ends = produce(setup.endpoints.bootstrap_servers, topic, records)
-    probe = Probe(ends, None)
-    probe.keep_rows = keep_rows
+    setup.store(keyspace, view, entity_keys([r.driver_id for r in records], view)).close()
+    probe = Probe(produce(setup.endpoints.bootstrap_servers, topic, records))
     daemon = build(settings, serve_metrics=False, extra_events=probe)
     probe.stop = daemon.pipeline.stop
+    cpu = process_cpu_s()
     try:
         daemon.pipeline.run()
     finally:
         daemon.close()
+    cpu = process_cpu_s() - cpu
     assert probe.first is not None and probe.last is not None
-    return probe, probe.last - probe.first
-
-
-def anchor_raw(setup: Setup, name: str, probe: Probe, concurrencies: Sequence[int]) -> tuple[float, int]:
-    """Replay our conditional writes with the bare driver; returns (best writes/s, best concurrency)."""
-    keyspace = f"bench_{name}_raw_{setup.run}"
-    settings = setup.settings(f"raw_{name}_{setup.run}", keyspace, 64)
-    view = settings.views[0]
-    store = CassandraStore(replace(settings.cassandra.options(), keyspace=keyspace))
-    store.create_schema([view], create_keyspace=True)
-    table = table_name(keyspace, view)
-    update = store.session.prepare(
-        f"UPDATE {table} SET value = ?, event_ts = ?, created_ts = ? WHERE entity_key = ? AND feature_name = ? "
-        "IF event_ts < ?")
-    best = (0.0, 0)
-    for round_no, concurrency in enumerate(concurrencies):
-        seed_store(store, view, sorted({w[0] for w in probe.written}))
-
-        def statements(shift: int = round_no) -> Iterator[tuple[BatchStatement, tuple[()]]]:
-            # Built as they are sent, as a loop writing decoded rows would.
-            for key, event_ms, created_ms, values in probe.written:
-                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                created = None if created_ms == NULL_MS else created_ms
-                for feature, value in values.items():
-                    batch.add(update, (value, event_ms + shift, created, key, feature, event_ms + shift))
-                yield batch, ()
-
-        started = time.perf_counter()
-        results = execute_concurrent(store.session, statements(), concurrency=concurrency, raise_on_first_error=True)
-        seconds = time.perf_counter() - started
-        assert all(r.success for r in results)
-        rate = len(probe.written) / seconds
-        if rate > best[0]:
-            best = (rate, concurrency)
-    store.close()
-    return best
+    return probe, Measured(len(probe.written), probe.last - probe.first, cpu)
 
 
 def anchor_feast(setup: Setup, name: str, records: Sequence[Record]) -> float:
@@ -273,28 +233,60 @@ def anchor_feast(setup: Setup, name: str, records: Sequence[Record]) -> float:
     return float(result["rows"] / result["seconds"])
 
 
-def latency_run(setup: Setup, rate: float, seconds: float, max_in_flight: int) -> tuple[float, float, int]:
-    """p50, p99 event-to-online seconds with records produced at `rate` per second, event time = now.
+def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
+    windows = [int(w) for w in args.raw_windows.split(",")]
+    print("| distribution | ours records/s | ours guarded writes/s | (a) writer alone writes/s | ours / (a) "
+          "| (b) raw driver loop writes/s | ours / (b) | (c) Feast rows/s | ours / (c) "
+          "| CPU ms per guarded write: ours / (a) / (b) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    uniform_rate = 0.0
+    for name, entities, zipf_s in [("uniform", args.uniform_entities, None),
+                                   ("zipf", args.zipf_entities, args.zipf_s)]:
+        records = make_records(args.records, entities, zipf_s, seed=3, start_ms=start_ms)
+        probe, ours = run_ours(setup, name, records)
+        view = setup.settings(f"anchor_{name}", "unused").views[0]
+        keys = sorted({w[0] for w in probe.written})
+        store = setup.store(f"bench_{name}_alone_{setup.run}", view, keys)
+        alone = writer_alone(store, view, probe.written)
+        store.close()
+        raws = []
+        for window in windows:
+            store = setup.store(f"bench_{name}_raw{window}_{setup.run}", view, keys)
+            raws.append(raw_loop(store.session, store.options.keyspace, view, probe.written, window))
+            store.close()
+        raw = max(raws, key=lambda m: m.rate)
+        feast = anchor_feast(setup, name, records)
+        records_rate = len(records) / ours.seconds
+        if name == "uniform":
+            uniform_rate = records_rate
+        print(f"| {name} ({entities:,} entities{'' if zipf_s is None else f', s={zipf_s}'}) | {records_rate:,.0f} "
+              f"| {ours.rate:,.0f} | {alone.rate:,.0f} | {ours.rate / alone.rate:.2f} "
+              f"| {raw.rate:,.0f} ({raw.setting}) | {ours.rate / raw.rate:.2f} | {feast:,.0f} "
+              f"| {records_rate / feast:.2f} | {ours.cpu_ms_per_row:.2f} / {alone.cpu_ms_per_row:.2f} / "
+              f"{raw.cpu_ms_per_row:.2f} |", flush=True)
+    print()
+    return uniform_rate
 
-    The producer is its own process (bench/produce_at_rate.py) and starts once the consumer has its
-    partitions and Cassandra has settled after seeding.
-    """
-    topic = setup.topic("latency")
-    keyspace = f"bench_latency_{setup.run}"
-    settings = setup.settings(topic, keyspace, max_in_flight)
+
+def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
+    """Records produced at `rate` per second while the pipeline runs; freshness from inside and outside."""
+    topic = setup.topic(f"fresh{int(rate)}")
+    keyspace = f"bench_fresh{int(rate)}_{setup.run}"
+    settings = setup.settings(topic, keyspace)
     view = settings.views[0]
-    store = CassandraStore(settings.cassandra.options())
-    store.create_schema([view], create_keyspace=True)
     entities = 20_000
-    seed_store(store, view, entity_keys([Record(i + 1, 0, 0, 0, 0) for i in range(entities)], view))
-    store.close()
-    probe = Probe({}, None)
+    checker = setup.store(keyspace, view, entity_keys(range(1, entities + 1), view))
+    probe = Probe({})
     probe.keep_rows = False
     daemon = build(settings, serve_metrics=False, extra_events=probe)
     probe.stop = daemon.pipeline.stop
+    outside = OutsideProbe(setup.endpoints.bootstrap_servers, topic, PARTITIONS, checker.session, keyspace, view,
+                           PARSED)
 
     def producer_thread() -> None:
         probe.has_assignment.wait(60)
+        outside.start()
+        outside.ready.wait(30)
         time.sleep(5)  # let the group settle and Cassandra flush after seeding
         probe.freshness.clear()
         subprocess.run([sys.executable, str(ROOT / "bench" / "produce_at_rate.py"), setup.endpoints.bootstrap_servers,
@@ -312,18 +304,43 @@ def latency_run(setup: Setup, rate: float, seconds: float, max_in_flight: int) -
     finally:
         daemon.close()
     thread.join()
-    samples = sorted(probe.freshness)
-    return (statistics.median(samples), samples[int(0.99 * (len(samples) - 1))], len(samples))
+    time.sleep(1)  # the probe's last checks
+    outside.stop.set()
+    outside.join(10)
+    checker.close()
+    inside = probe.freshness
+    return {"rate": rate, "rows": len(inside), "p50": percentile(inside, 50), "p99": percentile(inside, 99),
+            "p999": percentile(inside, 99.9), "probe_rows": len(outside.latencies),
+            "probe_p50": percentile(outside.latencies, 50), "probe_p99": percentile(outside.latencies, 99),
+            "probe_unseen": outside.unresolved()}
+
+
+def anchor_spark(setup: Setup, records: Sequence[Record], rate: float, seconds: float) -> dict[str, Any] | None:
+    """(d): Feast's Spark Kafka processor on a topic of the same records, and at `rate`; None if it cannot run."""
+    script = ROOT / "bench" / "feast_spark.py"
+    if not script.exists():
+        return None
+    python = feastenv.ensure()
+    topic = setup.topic("spark")
+    produce(setup.endpoints.bootstrap_servers, topic, records)
+    out = subprocess.run([str(python), str(script), "--bootstrap", setup.endpoints.bootstrap_servers,
+                          "--topic", topic, "--records", str(len(records)), "--rate", str(rate),
+                          "--seconds", str(seconds), "--host", setup.endpoints.cql_host,
+                          "--port", str(setup.endpoints.cql_port), "--keyspace", f"bench_spark_{setup.run}"],
+                         capture_output=True, text=True, check=False)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        print(f"(d) did not run: exit {out.returncode}: {out.stderr.strip()[-2000:]}")
+        return None
+    return dict(json.loads(lines[-1]))
 
 
 def rss_run(setup: Setup, records: int, entities: int, zipf_s: float) -> tuple[float, float, float]:
     """(peak RSS MiB, seconds to catch up, records/s) of `feature-consumer run` on a backlog."""
     topic = setup.topic("backlog")
     keyspace = f"bench_backlog_{setup.run}"
-    settings = setup.settings(topic, keyspace, 64)
-    store = CassandraStore(settings.cassandra.options())
-    store.create_schema(settings.views, create_keyspace=True)
-    store.close()
+    settings = setup.settings(topic, keyspace)
+    setup.store(keyspace, settings.views[0]).close()
     data = make_records(records, entities, zipf_s, 9, int(time.time() * 1000) - records)
     produce(setup.endpoints.bootstrap_servers, topic, data)
     del data
@@ -355,70 +372,48 @@ def rss_run(setup: Setup, records: int, entities: int, zipf_s: float) -> tuple[f
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=10_000, help="records per distribution")
+    parser.add_argument("--records", type=int, default=20_000, help="records per distribution")
     parser.add_argument("--uniform-entities", type=int, default=1_000_000)
     parser.add_argument("--zipf-entities", type=int, default=100_000)
     parser.add_argument("--zipf-s", type=float, default=1.1)
-    parser.add_argument("--max-in-flight", type=int, default=64)
-    parser.add_argument("--concurrencies", default="32,64,128,256", help="raw anchor: concurrencies tried")
-    parser.add_argument("--ours-windows", default="64,128,256", help="ours: cassandra.max_in_flight values tried")
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--raw-windows", default="64,128,256", help="(b): requests in flight tried")
+    parser.add_argument("--fresh-seconds", type=float, default=30.0)
+    parser.add_argument("--fresh-fractions", default="0.1,0.5,0.9", help="of the measured uniform rate")
+    parser.add_argument("--max-rate", type=float, default=0.0,
+                        help="the maximum rate for the freshness phase (default: the measured uniform rate)")
+    parser.add_argument("--spark", action="store_true", help="also anchor (d), Feast's Spark Kafka processor")
     parser.add_argument("--rss-records", type=int, default=0, help="also measure peak RSS on this backlog")
     parser.add_argument("--rss-entities", type=int, default=20_000)
-    parser.add_argument("--latency-rate", type=float, default=0.0,
-                        help="records/s for the latency phase (default: half the measured uniform rate)")
-    parser.add_argument("--phases", default="throughput,latency", help="throughput, latency, rss (comma-separated)")
+    parser.add_argument("--phases", default="throughput,freshness", help="throughput, freshness, rss")
     args = parser.parse_args(argv)
 
     endpoints, _ = localstack.up(["kafka", "cassandra"], echo=lambda _: None)
     setup = Setup(endpoints, time.strftime("%H%M%S"), Path(tempfile.mkdtemp(prefix="bench-e2e-")))
-    concurrencies = [int(c) for c in args.concurrencies.split(",")]
     start_ms = int(time.time() * 1000) - 3_600_000
-    print(f"records={args.records} per distribution, {PARTITIONS} partitions, max_in_flight={args.max_in_flight}")
+    print(f"records={args.records} per distribution, {PARTITIONS} partitions")
     print()
     phases = set(args.phases.split(",")) | ({"rss"} if args.rss_records else set())
-    uniform_rate = args.latency_rate * 2
+    max_rate = args.max_rate
     if "throughput" in phases:
-        uniform_rate = throughput(setup, args, concurrencies, start_ms)
-    if "latency" in phases:
-        rate = uniform_rate / 2
-        p50, p99, n = latency_run(setup, rate, args.latency_seconds, args.max_in_flight)
-        print(f"event-to-online latency at {rate:,.0f} records/s (half the uniform rate), {n} rows: "
-              f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+        measured = throughput(setup, args, start_ms)
+        max_rate = max_rate or measured
+    if "freshness" in phases:
+        print("| rate | of max | rows | p50 ms | p99 ms | p99.9 ms | probe rows | probe p50 ms | probe p99 ms |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for fraction in (float(f) for f in args.fresh_fractions.split(",")):
+            r = freshness_run(setup, fraction * max_rate, args.fresh_seconds)
+            print(f"| {r['rate']:,.0f}/s | {fraction:.0%} | {r['rows']:,} | {r['p50'] * 1000:.1f} "
+                  f"| {r['p99'] * 1000:.1f} | {r['p999'] * 1000:.1f} | {r['probe_rows']:,} "
+                  f"| {r['probe_p50'] * 1000:.1f} | {r['probe_p99'] * 1000:.1f} |", flush=True)
+        print()
+    if args.spark:
+        records = make_records(args.records, args.uniform_entities, None, seed=3, start_ms=start_ms)
+        spark = anchor_spark(setup, records, max_rate / 2, args.fresh_seconds)
+        print(f"(d) Feast's Spark Kafka processor: {spark}")
     if "rss" in phases:
         peak, seconds, rate = rss_run(setup, args.rss_records or 1_000_000, args.rss_entities, args.zipf_s)
         print(f"backlog of {args.rss_records or 1_000_000:,} records (Zipf over {args.rss_entities:,} entities): "
               f"caught up in {seconds:.0f} s ({rate:,.0f} records/s), peak RSS {peak:.0f} MiB")
-
-
-def throughput(setup: Setup, args: argparse.Namespace, concurrencies: list[int], start_ms: int) -> float:
-    windows = [int(w) for w in args.ours_windows.split(",")]
-    print("| distribution | ours records/s | ours guarded writes/s | (a) raw conditional writes/s | ours / (a) "
-          "| (b) Feast rows/s | ours / (b) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    uniform_rate = 0.0
-    for name, entities, zipf_s in [("uniform", args.uniform_entities, None),
-                                   ("zipf", args.zipf_entities, args.zipf_s)]:
-        records = make_records(args.records, entities, zipf_s, seed=3, start_ms=start_ms)
-        best_ours: tuple[float, int, Probe, float] | None = None
-        for window in windows:
-            probe, seconds = run_ours(setup, f"{name}{window}", records, window)
-            if best_ours is None or seconds < best_ours[0]:
-                best_ours = (seconds, window, probe, seconds)
-        assert best_ours is not None
-        seconds, window, probe, _ = best_ours
-        ours_records = len(records) / seconds
-        ours_writes = len(probe.written) / seconds
-        raw, best_concurrency = anchor_raw(setup, name, probe, concurrencies)
-        feast = anchor_feast(setup, name, records)
-        if name == "uniform":
-            uniform_rate = ours_records
-        print(f"| {name} ({entities:,} entities{'' if zipf_s is None else f', s={zipf_s}'}) | {ours_records:,.0f} "
-              f"(max_in_flight {window}) "
-              f"| {ours_writes:,.0f} | {raw:,.0f} (concurrency {best_concurrency}) | {ours_records / raw:.2f} "
-              f"| {feast:,.0f} | {ours_records / feast:.2f} |", flush=True)
-    print()
-    return uniform_rate
 
 
 if __name__ == "__main__":

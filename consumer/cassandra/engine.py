@@ -75,13 +75,14 @@ class WriteEngine(threading.Thread):
     def __init__(self, session: Callable[[], Any], prepare: Callable[[FeatureView], Statements],
                  translate: Callable[[BaseException, FeatureView], Exception],
                  table_exists: Callable[[FeatureView], bool], max_in_flight: int, cache_entries: int,
-                 clock: Callable[[], float], wall: Callable[[], float]) -> None:
+                 clock: Callable[[], float], wall: Callable[[], float], retry_backoff: Backoff = RETRY_BACKOFF) -> None:
         super().__init__(name="cassandra-writes", daemon=True)
         self._session = session
         self._prepare = prepare
         self._translate = translate
         self._table_exists = table_exists
         self._window = max_in_flight
+        self._backoff = retry_backoff
         self._clock = clock
         self._wall = wall
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -125,6 +126,16 @@ class WriteEngine(threading.Thread):
     # ------------------------------------------------------------------ the engine's thread
 
     def run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # a bug here must not leave the loop waiting for answers forever
+            log.exception("the writer's thread failed")
+            error = StoreUnavailable(f"the writer's thread failed: {exc!r}")
+            for job in list(self._jobs.values()):
+                job.report.error = error
+                self._complete(job)
+
+    def _serve(self) -> None:
         while not self._stopping:
             wakeups = [r.at for r in self._waiting[:1]] + ([self._prepare_at] if self._unprepared else [])
             timeout = max(0.0, min(wakeups) - self._clock()) if wakeups else None
@@ -145,6 +156,10 @@ class WriteEngine(threading.Thread):
             while self._waiting and self._waiting[0].at <= now:
                 self._ready.append(heapq.heappop(self._waiting).entry)
             self._send_ready()
+            if self._troubled and not self._jobs:
+                # Nothing left to write (what failed was given up): new writes will tell afresh.
+                self._troubled = False
+                self._tell(None)
 
     def _on_stop(self) -> None:
         self._stopping = True
@@ -180,9 +195,9 @@ class WriteEngine(threading.Thread):
                 if self._prepare_failures == MAX_RETRIES + 1 and not self._troubled:
                     self._troubled = True
                     log.warning("Cassandra keeps failing (%s); retrying in %d ms until it answers", exc,
-                                RETRY_BACKOFF.delay_ms(self._prepare_failures))
+                                self._backoff.delay_ms(self._prepare_failures))
                     self._tell(exc)
-                self._prepare_at = self._clock() + RETRY_BACKOFF.delay_ms(self._prepare_failures) / 1000
+                self._prepare_at = self._clock() + self._backoff.delay_ms(self._prepare_failures) / 1000
                 return
             except Exception as exc:  # noqa: BLE001 - a misconfiguration: the report carries it to the caller
                 self._unprepared.popleft()
@@ -283,6 +298,7 @@ class WriteEngine(threading.Thread):
             kind = Failure.FATAL
         if kind is Failure.FATAL:
             self._fail(job, self._translate(error, job.view))
+            self._release(entry)
         elif kind is Failure.ROW:
             job.report.failures[task.index] = f"Cassandra refused the write: {error}"
             self._finish(entry, RowStatus.FAILED)
@@ -298,13 +314,14 @@ class WriteEngine(threading.Thread):
             if entry.job.give_up:
                 self._fail(entry.job, StoreUnavailable(f"Cassandra keeps failing writes to "
                                                         f"{entry.job.view.table}: {error}"))
+                self._release(entry)
                 return
             if not self._troubled:
                 self._troubled = True
                 log.warning("writes to %s keep failing (%s); retrying in %d ms until they succeed",
-                            entry.job.view.table, error, RETRY_BACKOFF.delay_ms(task.retries))
+                            entry.job.view.table, error, self._backoff.delay_ms(task.retries))
                 self._tell(error)
-        delay_s = RETRY_BACKOFF.delay_ms(task.retries) / 1000
+        delay_s = self._backoff.delay_ms(task.retries) / 1000
         heapq.heappush(self._waiting, _Retry(self._clock() + delay_s, next(self._seq), entry))
 
     def _finish(self, entry: Entry, status: RowStatus) -> None:

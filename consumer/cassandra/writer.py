@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from consumer.cassandra.connection import CassandraOptions, connect
-from consumer.cassandra.engine import WriteEngine
+from consumer.cassandra.engine import RETRY_BACKOFF, WriteEngine
 from consumer.cassandra.errors import Failure, classify
 from consumer.cassandra.rounds import millis
 from consumer.cassandra.schema import create_keyspace_cql, create_table_cql, table_name
@@ -35,9 +35,6 @@ from consumer.core.views import FeatureView
 
 log = logging.getLogger(__name__)
 
-MAX_RETRIES = 6
-# The pause before a round is sent again after a transient error: 100 ms, doubling, at most 2 s.
-RETRY_BACKOFF = Backoff(100, 2000)
 
 
 class CassandraStore:
@@ -48,8 +45,10 @@ class CassandraStore:
         options: CassandraOptions,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        retry_backoff: Backoff = RETRY_BACKOFF,
     ) -> None:
         self.options = options
+        self._retry_backoff = retry_backoff
         self._clock = clock
         self._wall = wall
         self._cluster: Any = None
@@ -189,7 +188,7 @@ class CassandraStore:
             if self._engine is None:
                 self._engine = WriteEngine(lambda: self.session, self._prepare, self._translate, self._table_exists,
                                            self.options.max_in_flight, self.options.cache_entries, self._clock,
-                                           self._wall)
+                                           self._wall, self._retry_backoff)
                 self._engine.health = self._health
                 self._engine.start()
             return self._engine

@@ -1,0 +1,146 @@
+"""The end-to-end benchmark's anchors on the write side, each on the rows our run wrote:
+
+  (a) the writer alone: `CassandraStore` on the same rows already decoded and encoded (chunks of 5,000
+      submitted at once, as the loop would under a backlog);
+  (b) the fastest raw cassandra-driver loop for the same conditional batches: one prepared unlogged
+      batch of `UPDATE ... IF event_ts < ?` for an entity's features, a sliding window of
+      `execute_async` with callbacks (each answer sends the next), at the best of several windows.
+
+Both run on a keyspace seeded like ours (an older version of every entity), so every write is a guarded
+update. CPU is the whole process's, from /proc, during the timed part.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cassandra.concurrent import execute_concurrent
+
+from consumer.cassandra.schema import table_name
+from consumer.cassandra.writer import CassandraStore
+from consumer.core.guard import NULL_MS
+from consumer.core.store import EncodedRows, WriteReport
+from consumer.core.views import FeatureView
+
+Row = tuple[str, int, int, dict[str, bytes]]  # entity key, event ms, created ms, value per feature
+_CLOCK_TICKS = 100  # USER_HZ on Linux
+
+
+def process_cpu_s() -> float:
+    """User + system CPU seconds of this whole process (every thread), from /proc."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+@dataclass
+class Measured:
+    rows: int
+    seconds: float
+    cpu_s: float
+    setting: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+    @property
+    def cpu_ms_per_row(self) -> float:
+        return 1000 * self.cpu_s / self.rows
+
+
+def seed_store(store: CassandraStore, view: FeatureView, keys: Sequence[str]) -> None:
+    """An older version of every entity, written blindly: each measured write is then a guarded update."""
+    table = table_name(store.options.keyspace, view)
+    insert = store.session.prepare(
+        f"INSERT INTO {table} (entity_key, feature_name, value, event_ts) VALUES (?, ?, ?, 1)")
+    params = [(insert, (k, f.name, b"")) for k in keys for f in view.features]
+    for start in range(0, len(params), 50_000):
+        execute_concurrent(store.session, params[start:start + 50_000], concurrency=256, raise_on_first_error=True)
+
+
+def writer_alone(store: CassandraStore, view: FeatureView, rows: Sequence[Row], chunk: int = 5000) -> Measured:
+    """(a): the rows, as encoded rows, through our writer; the keyspace must be seeded already."""
+    features = [f.name for f in view.features]
+    batches = []
+    for start in range(0, len(rows), chunk):
+        part = rows[start:start + chunk]
+        batches.append(EncodedRows([r[0] for r in part], np.array([r[1] for r in part], dtype=np.int64),
+                                   np.array([r[2] for r in part], dtype=np.int64),
+                                   {f: [r[3][f] for r in part] for f in features}))
+    done = threading.Semaphore(0)
+    reports: list[WriteReport] = []
+
+    def finished(report: WriteReport) -> None:
+        reports.append(report)
+        done.release()
+
+    store.write(view, _first(batches[0]))  # connect and prepare: not timed
+    cpu, started = process_cpu_s(), time.perf_counter()
+    for batch in batches:
+        store.submit(view, batch, finished)
+    for _ in batches:
+        done.acquire()
+    seconds, cpu = time.perf_counter() - started, process_cpu_s() - cpu
+    assert all(r.error is None and not r.failures for r in reports)
+    return Measured(len(rows), seconds, cpu)
+
+
+def _first(rows: EncodedRows) -> EncodedRows:
+    """A one-row write of an entity the timed run writes again later (older version: it stays a guarded update)."""
+    return EncodedRows(rows.entity_keys[:1], rows.event_ms[:1] - 1, rows.created_ms[:1],
+                       {f: v[:1] for f, v in rows.values.items()})
+
+
+def raw_loop(session: Any, keyspace: str, view: FeatureView, rows: Sequence[Row], window: int) -> Measured:
+    """(b): the same conditional batches, straight through the driver, `window` requests in flight."""
+    features = [f.name for f in view.features]
+    table = table_name(keyspace, view)
+    body = " ".join(f"UPDATE {table} SET value = ?, event_ts = ?, created_ts = ? WHERE entity_key = ? AND "
+                    f"feature_name = '{f}' IF event_ts < ?;" for f in features)
+    prepared = session.prepare(f"BEGIN UNLOGGED BATCH {body} APPLY BATCH")
+    lock = threading.Lock()
+    finished = threading.Event()
+    position = 0
+    outstanding = 0
+    failures: list[BaseException] = []
+
+    def send_next() -> None:
+        nonlocal position, outstanding
+        with lock:
+            if position >= len(rows):
+                if outstanding == 0:
+                    finished.set()
+                return
+            key, event_ms, created_ms, values = rows[position]
+            position += 1
+            outstanding += 1
+        created = None if created_ms == NULL_MS else created_ms
+        params: list[Any] = []
+        for f in features:
+            params += (values[f], event_ms, created, key, event_ms)
+        future = session.execute_async(prepared.bind(params))
+        future.add_callbacks(answered, failed)
+
+    def answered(_rows: Any) -> None:
+        nonlocal outstanding
+        with lock:
+            outstanding -= 1
+        send_next()
+
+    def failed(error: BaseException) -> None:
+        failures.append(error)
+        answered(None)
+
+    cpu, started = process_cpu_s(), time.perf_counter()
+    for _ in range(min(window, len(rows))):
+        send_next()
+    finished.wait()
+    seconds, cpu = time.perf_counter() - started, process_cpu_s() - cpu
+    assert not failures, failures[:3]
+    return Measured(len(rows), seconds, cpu, f"window {window}")

@@ -1,0 +1,183 @@
+"""The writer's engine with a scripted session: one write per entity in flight, retries after unknown
+outcomes, the health listener, and what abandoning and giving up leave behind."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from cassandra import ConsistencyLevel, WriteTimeout, WriteType
+
+from consumer.cassandra.connection import CassandraOptions
+from consumer.cassandra.writer import CassandraStore
+from consumer.core.errors import StoreUnavailable
+from consumer.core.guard import NULL_MS
+from consumer.core.policy import Backoff
+from consumer.core.store import EncodedRows, RowStatus, WriteReport
+from tests.helpers import driver_view, wait_for
+
+APPLIED = [{"[applied]": True}]
+
+
+class Future:
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self._callbacks: tuple[Any, Any] | None = None
+
+    def add_callbacks(self, callback: Any, errback: Any) -> None:
+        self._callbacks = (callback, errback)
+
+    def answer(self, rows: Any) -> None:
+        assert self._callbacks is not None
+        self._callbacks[0](rows)
+
+    def fail(self, error: BaseException) -> None:
+        assert self._callbacks is not None
+        self._callbacks[1](error)
+
+
+class Session:
+    """Prepares anything; every request waits in `pending` until the test answers it."""
+
+    def __init__(self) -> None:
+        self.pending: list[Future] = []
+        self.sent = 0
+        self.lock = threading.Lock()
+
+    def prepare(self, cql: str) -> Any:
+        class Prepared:
+            def bind(self, params: Any) -> Any:
+                return (cql, tuple(params))
+        return Prepared()
+
+    def execute_async(self, request: Any) -> Future:
+        future = Future(request)
+        with self.lock:
+            self.pending.append(future)
+            self.sent += 1
+        return future
+
+    def take(self, n: int = 1, timeout_s: float = 5.0) -> list[Future]:
+        wait_for(lambda: len(self.pending) >= n, timeout_s=timeout_s, what=f"{n} requests in flight")
+        with self.lock:
+            taken, self.pending = self.pending[:n], self.pending[n:]
+        return taken
+
+    def key_of(self, future: Future) -> str:
+        _cql, params = future.request
+        return next(p for p in params if isinstance(p, str) and p.startswith("k"))
+
+
+def rows(keys: list[str], event_ms: int = 1000) -> EncodedRows:
+    view = driver_view()
+    n = len(keys)
+    return EncodedRows(keys, np.full(n, event_ms, dtype=np.int64), np.full(n, NULL_MS, dtype=np.int64),
+                       {f.name: [b"v"] * n for f in view.features})
+
+
+def store_with(session: Session) -> CassandraStore:
+    store = CassandraStore(CassandraOptions(keyspace="ks", cache_entries=0), retry_backoff=Backoff(1, 5))
+    store._session = session  # never connects: requests go to the scripted session
+    return store
+
+
+def submit(store: CassandraStore, keys: list[str], event_ms: int = 1000) -> list[WriteReport]:
+    reports: list[WriteReport] = []
+    store.submit(driver_view(), rows(keys, event_ms), reports.append)
+    return reports
+
+
+def test_a_later_write_of_the_same_entity_waits_for_the_earlier() -> None:
+    session = Session()
+    store = store_with(session)
+    try:
+        first = submit(store, ["k1", "k2"])
+        second = submit(store, ["k1", "k3"], event_ms=2000)
+        in_flight = session.take(3)  # k1 (first), k2, k3: not k1 twice
+        assert sorted(session.key_of(f) for f in in_flight) == ["k1", "k2", "k3"]
+        time.sleep(0.2)
+        assert session.pending == []  # the second k1 waits
+        for future in in_flight:
+            future.answer(APPLIED)
+        [later] = session.take(1)
+        assert session.key_of(later) == "k1" and 2000 in later.request[1]  # the later version, now
+        later.answer(APPLIED)
+        wait_for(lambda: first and second, what="both reports")
+        assert first[0].statuses == second[0].statuses == [RowStatus.APPLIED, RowStatus.APPLIED]
+    finally:
+        store.close()
+
+
+def test_an_unknown_outcome_is_sent_again_and_the_health_listener_hears_of_a_lasting_failure() -> None:
+    session = Session()
+    store = store_with(session)
+    health: list[Any] = []
+    store.watch(health.append)
+    try:
+        report = submit(store, ["k1"])
+        timeout = WriteTimeout("Paxos timed out", consistency=ConsistencyLevel.SERIAL, required_responses=2,
+                               received_responses=1, write_type=WriteType.CAS)
+        requests = []
+        for _ in range(7):  # MAX_RETRIES + 1 unknown outcomes in a row
+            [future] = session.take(1)
+            requests.append(future.request)
+            future.fail(timeout)
+        assert len(set(requests)) == 1  # the same round each time
+        wait_for(lambda: health, what="the health listener")
+        assert isinstance(health[0], StoreUnavailable)
+        assert not report  # never given up on: the write goes on being retried
+        [future] = session.take(1, timeout_s=5)
+        future.answer(APPLIED)
+        wait_for(lambda: report, what="the report")
+        assert report[0].statuses == [RowStatus.APPLIED] and report[0].retries == 7
+        assert health[-1] is None  # and it heard that writes succeed again
+    finally:
+        store.close()
+
+
+def test_an_abandoned_write_frees_its_entity_for_the_next() -> None:
+    session = Session()
+    store = store_with(session)
+    try:
+        reports: list[WriteReport] = []
+        job = store.submit(driver_view(), rows(["k1"]), reports.append)
+        [first] = session.take(1)
+        later = submit(store, ["k1"], event_ms=2000)
+        store.abandon([job])
+        first.answer(APPLIED)  # the abandoned request's answer frees k1
+        [second] = session.take(1)
+        assert 2000 in second.request[1]
+        second.answer(APPLIED)
+        wait_for(lambda: later, what="the later report")
+        assert reports == []  # the abandoned one is never reported
+    finally:
+        store.close()
+
+
+def test_a_waited_write_that_keeps_failing_gives_up_and_frees_its_entity() -> None:
+    session = Session()
+    store = store_with(session)
+    try:
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                store.write(driver_view(), rows(["k1"]))
+            except StoreUnavailable as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        for _ in range(7):
+            [future] = session.take(1)
+            future.fail(WriteTimeout("timed out", write_type=WriteType.CAS))
+        thread.join(10)
+        assert errors and "keeps failing" in str(errors[0])
+        after = submit(store, ["k1"])
+        [future] = session.take(1)
+        future.answer(APPLIED)
+        wait_for(lambda: after, what="a later write of the same entity")
+    finally:
+        store.close()
