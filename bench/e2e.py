@@ -44,7 +44,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.anchors import Measured, Row, process_cpu_s, raw_loop, seed_store, writer_alone
-from bench.freshness import OutsideProbe, percentile
+from bench.freshness import percentile
 from consumer.app import build
 from consumer.cassandra.connection import CassandraOptions
 from consumer.cassandra.writer import CassandraStore
@@ -275,18 +275,19 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
     settings = setup.settings(topic, keyspace)
     view = settings.views[0]
     entities = 20_000
-    checker = setup.store(keyspace, view, entity_keys(range(1, entities + 1), view))
+    setup.store(keyspace, view, entity_keys(range(1, entities + 1), view)).close()
     probe = Probe({})
     probe.keep_rows = False
     daemon = build(settings, serve_metrics=False, extra_events=probe)
     probe.stop = daemon.pipeline.stop
-    outside = OutsideProbe(setup.endpoints.bootstrap_servers, topic, PARTITIONS, checker.session, keyspace, view,
-                           PARSED)
+    # The outside check runs in a process of its own: it shares the cores, not the loop's interpreter.
+    outside = subprocess.Popen([sys.executable, "-m", "bench.freshness", setup.endpoints.bootstrap_servers, topic,
+                                str(PARTITIONS), setup.endpoints.cql_host, str(setup.endpoints.cql_port), keyspace],
+                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
     def producer_thread() -> None:
         probe.has_assignment.wait(60)
-        outside.start()
-        outside.ready.wait(30)
+        assert outside.stdout is not None and outside.stdout.readline().strip() == "ready"
         time.sleep(5)  # let the group settle and Cassandra flush after seeding
         probe.freshness.clear()
         subprocess.run([sys.executable, str(ROOT / "bench" / "produce_at_rate.py"), setup.endpoints.bootstrap_servers,
@@ -305,14 +306,13 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
         daemon.close()
     thread.join()
     time.sleep(1)  # the probe's last checks
-    outside.stop.set()
-    outside.join(10)
-    checker.close()
+    outside.send_signal(signal.SIGTERM)
+    checked = json.loads(outside.communicate(timeout=30)[0].strip().splitlines()[-1])
     inside = probe.freshness
+    seen = checked["latencies"]
     return {"rate": rate, "rows": len(inside), "p50": percentile(inside, 50), "p99": percentile(inside, 99),
-            "p999": percentile(inside, 99.9), "probe_rows": len(outside.latencies),
-            "probe_p50": percentile(outside.latencies, 50), "probe_p99": percentile(outside.latencies, 99),
-            "probe_unseen": outside.unresolved()}
+            "p999": percentile(inside, 99.9), "probe_rows": len(seen), "probe_p50": percentile(seen, 50),
+            "probe_p99": percentile(seen, 99), "probe_unseen": checked["unseen"]}
 
 
 def anchor_spark(setup: Setup, records: Sequence[Record], rate: float, seconds: float) -> dict[str, Any] | None:

@@ -2,10 +2,14 @@
 
 * From the inside: for every row the daemon wrote, the write's acknowledgement (`WriteReport.done_at`)
   minus the Kafka timestamp of the record it came from.
-* From the outside (the check): an independent probe that reads the topic with its own consumer and,
-  for a sample of records, reads the entity back from Cassandra every few milliseconds until the row
-  holds the record's event time (or a later one); freshness is the time it was first seen minus the
-  record's Kafka timestamp. Its resolution is its polling interval.
+* From the outside (the check): an independent probe, in a process of its own, that reads the topic with
+  its own consumer and, for a sample of records, reads the entity back from Cassandra every few
+  milliseconds until the row holds the record's event time (or a later one); freshness is the time it was
+  first seen minus the record's Kafka timestamp. Its resolution is its polling interval; it keeps a
+  bounded number of reads in flight, so that it does not load Cassandra more than it measures.
+
+    python -m bench.freshness BOOTSTRAP TOPIC PARTITIONS HOST PORT KEYSPACE   # prints "ready", then,
+                                                                              # on SIGTERM, one JSON line
 
 Records are produced at a fixed rate by bench/produce_at_rate.py in its own process, event time = the
 time of production.
@@ -37,7 +41,8 @@ class OutsideProbe(threading.Thread):
     """Reads the topic from its end and checks a sample of its records online in Cassandra."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int, session: Any, keyspace: str,
-                 view: FeatureView, parsed_schema: Any, sample_every: int = 10, poll_s: float = 0.005) -> None:
+                 view: FeatureView, parsed_schema: Any, sample_every: int = 20, poll_s: float = 0.005,
+                 max_reads: int = 16) -> None:
         super().__init__(name="freshness-probe", daemon=True)
         self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:8]}",
                                    "enable.auto.commit": False, "fetch.wait.max.ms": 5})
@@ -50,6 +55,7 @@ class OutsideProbe(threading.Thread):
         self._schema = parsed_schema
         self._sample_every = sample_every
         self._poll_s = poll_s
+        self._reads = threading.Semaphore(max_reads)
         self._pending: dict[str, tuple[int, float]] = {}  # entity key -> (event ms, Kafka timestamp s)
         self._lock = threading.Lock()
         self.latencies: list[float] = []
@@ -60,7 +66,7 @@ class OutsideProbe(threading.Thread):
     def run(self) -> None:
         next_check = time.monotonic()
         while not self.stop.is_set():
-            message = self._consumer.poll(0.001)
+            message = self._consumer.poll(self._poll_s / 2)
             self.ready.set()
             if message is not None and message.error() is None:
                 self._seen += 1
@@ -82,10 +88,14 @@ class OutsideProbe(threading.Thread):
         with self._lock:
             pending = list(self._pending.items())
         for key, (event_ms, kafka_s) in pending:
+            if not self._reads.acquire(blocking=False):
+                return  # as many reads in flight as allowed: the rest wait for the next check
             future = self._session.execute_async(self._select, (key, self._feature))
-            future.add_callbacks(self._answered, lambda _e: None, callback_args=(key, event_ms, kafka_s))
+            future.add_callbacks(self._answered, lambda _e: self._reads.release(),
+                                 callback_args=(key, event_ms, kafka_s))
 
     def _answered(self, rows: Any, key: str, event_ms: int, kafka_s: float) -> None:
+        self._reads.release()
         now = time.time()
         stored_ms = millis(rows[0]["event_ts"]) if rows else None
         if stored_ms is not None and stored_ms >= event_ms:
@@ -98,3 +108,32 @@ class OutsideProbe(threading.Thread):
         with self._lock:
             return len(self._pending)
 
+
+def main() -> None:
+    import json
+    import signal
+    import sys
+
+    from consumer.cassandra.connection import CassandraOptions
+    from consumer.cassandra.writer import CassandraStore
+    from consumer.core.views import FeatureView as View
+    from stack.example import SCHEMA_PATH, example_view_spec
+
+    bootstrap, topic, partitions, host, port, keyspace = sys.argv[1:7]
+    view = View.model_validate(example_view_spec(topic))
+    schema = json.loads(SCHEMA_PATH.read_text())
+    parsed = fastavro.parse_schema({**schema, "fields": [
+        {**f, "type": "long"} if isinstance(f["type"], dict) else f for f in schema["fields"]]})
+    store = CassandraStore(CassandraOptions(hosts=(host,), port=int(port), keyspace=keyspace, consistency="ONE"))
+    probe = OutsideProbe(bootstrap, topic, int(partitions), store.session, keyspace, view, parsed)
+    signal.signal(signal.SIGTERM, lambda *_: probe.stop.set())
+    probe.start()
+    probe.ready.wait(30)
+    print("ready", flush=True)
+    probe.join()
+    store.close()
+    print(json.dumps({"latencies": probe.latencies, "unseen": probe.unresolved()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

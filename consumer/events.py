@@ -40,9 +40,9 @@ class EventFanout(Events):
 
 
 def _fan_out(name: str) -> Callable[..., None]:
-    def report(self: EventFanout, *args: Any) -> None:
+    def report(self: EventFanout, *args: Any, **kwargs: Any) -> None:
         for listener in self.listeners:
-            getattr(listener, name)(*args)
+            getattr(listener, name)(*args, **kwargs)
 
     report.__name__ = name
     return report

@@ -328,8 +328,10 @@ class Pipeline(RebalanceListener):
         self.events.revoked(partitions, lost=True)
 
     def _let_go(self, partitions: set[TP]) -> None:
-        # Resumed while still assigned: librdkafka keeps a partition's pause through a later assignment.
-        self._resume(self.pauses.let_go(partitions))
+        # Resumed while still assigned, for a later assignment to this process (unless it is leaving).
+        paused = self.pauses.let_go(partitions)
+        if not self._draining:
+            self._resume(paused)
         self.intake.drop(partitions)
         # Batches all of whose records were in these partitions: their writes are of no use to anyone now.
         self.store.abandon(self.flights.forget(partitions))

@@ -217,16 +217,18 @@ class RegistrySettings(_Section):
 
 
 class BatchSettings(_Section):
-    """How messages are grouped into micro-batches (see consumer/policy.py)."""
+    """When records go to the writer, and how many at once (see consumer/core/policy.py)."""
 
     max_records: int = Field(5000, ge=1, le=1_000_000)
     max_wait_ms: int = Field(250, ge=1)
-    # Bounds the loop's buffer for large records (keys and values; librdkafka's own prefetch is bounded
+    # Bounds a batch and the intake for large records (keys and values; librdkafka's own prefetch is bounded
     # by queued.max.messages.kbytes).
     max_bytes: int = Field(32 << 20, ge=1)
+    # Batches being written at once (see consumer/core/policy.py).
+    max_in_flight: int = Field(2, ge=1, le=16)
 
     def policy(self) -> BatchPolicy:
-        return BatchPolicy(self.max_records, self.max_wait_ms, self.max_bytes)
+        return BatchPolicy(self.max_records, self.max_wait_ms, self.max_bytes, self.max_in_flight)
 
 
 class LimitsSettings(_Section):

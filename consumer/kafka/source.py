@@ -35,23 +35,41 @@ class KafkaSource:
         self._consumer = Consumer(conf)
         self._topics = topics
         self._listener = listener
+        self._callback_error: BaseException | None = None
         self.group_id = str(conf.get("group.id"))
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
             self._topics,
-            on_assign=lambda _c, ps: self._listener.on_assign(_tps(ps)),
-            on_revoke=lambda _c, ps: self._listener.on_revoke(_tps(ps)),
-            on_lost=lambda _c, ps: self._listener.on_lost(_tps(ps)),
+            on_assign=self._guarded(self._listener.on_assign),
+            on_revoke=self._guarded(self._listener.on_revoke),
+            on_lost=self._guarded(self._listener.on_lost),
         )
+
+    def _guarded(self, callback: Any) -> Any:
+        """A rebalance callback whose exception is raised again once librdkafka's call returns (an exception
+        raised inside its C callback comes out mangled, as a SystemError)."""
+        def call(_consumer: Any, partitions: list[TopicPartition]) -> None:
+            try:
+                callback(_tps(partitions))
+            except BaseException as exc:  # noqa: BLE001 - kept and raised again by _raise_callback_error
+                self._callback_error = exc
+        return call
+
+    def _raise_callback_error(self) -> None:
+        error, self._callback_error = self._callback_error, None
+        if error is not None:
+            raise error
 
     def poll(self, max_messages: int, timeout_s: float) -> list[Message]:
         """Up to `max_messages` messages: waits at most `timeout_s` for the first, and takes what else is
         already there without waiting (librdkafka's batch consume waits for all it was asked for)."""
         first = self._consumer.poll(timeout_s)
+        self._raise_callback_error()
         messages = [] if first is None else [first]
         if first is not None and max_messages > 1:
             messages += self._consumer.consume(num_messages=max_messages - 1, timeout=0)
+            self._raise_callback_error()
         out = []
         for message in messages:
             error = message.error()
@@ -70,14 +88,22 @@ class KafkaSource:
         return set(_tps(self._consumer.assignment()))
 
     def pause(self, partitions: Iterable[TP]) -> None:
-        tps = [TopicPartition(t, p) for t, p in partitions]
-        if tps:
-            self._consumer.pause(tps)
+        self._pause_or_resume(self._consumer.pause, partitions)
 
     def resume(self, partitions: Iterable[TP]) -> None:
+        self._pause_or_resume(self._consumer.resume, partitions)
+
+    @staticmethod
+    def _pause_or_resume(call: Any, partitions: Iterable[TP]) -> None:
         tps = [TopicPartition(t, p) for t, p in partitions]
-        if tps:
-            self._consumer.resume(tps)
+        if not tps:
+            return
+        try:
+            call(tps)
+        except KafkaException as exc:
+            # A partition this member no longer (or not yet) has: its pause state goes with the assignment.
+            # Often called inside a rebalance callback, where an exception would not reach anyone.
+            log.warning("pausing or resuming %s: %s", _tps(tps), exc)
 
     def commit(self, offsets: Mapping[TP, int], asynchronous: bool) -> None:
         """Commit the next offsets to read; raises TransientError when a synchronous commit fails."""
@@ -97,6 +123,7 @@ class KafkaSource:
 
     def close(self) -> None:
         self._consumer.close()
+        self._raise_callback_error()
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Served inside poll(), on the loop's thread. A failed asynchronous commit (a rebalance in progress

@@ -388,3 +388,24 @@ def test_a_failed_commit_is_not_sent_again_for_a_partition_given_away(h: Harness
         h.steps(1)
         h.clock.advance(0.1)
     assert h.source.committed_offsets() == {}
+
+
+def test_every_event_reaches_every_listener_of_a_fan_out() -> None:
+    from consumer.events import EventFanout
+
+    class Tape(Events):
+        def __init__(self) -> None:
+            self.heard: list[tuple[Any, ...]] = []
+
+        def revoked(self, partitions: list[tuple[str, int]], lost: bool) -> None:
+            self.heard.append(("revoked", partitions, lost))
+
+        def in_flight(self, records: int) -> None:
+            self.heard.append(("in_flight", records))
+
+    tapes = [Tape(), Tape()]
+    fanout = EventFanout(list(tapes))
+    fanout.revoked([P0], lost=True)
+    fanout.in_flight(3)
+    fanout.loop_turned(1.0)  # a listener that does not care is left alone
+    assert tapes[0].heard == tapes[1].heard == [("revoked", [P0], True), ("in_flight", 3)]
