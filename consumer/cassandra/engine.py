@@ -27,7 +27,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from consumer.cassandra.errors import Failure, classify
+from consumer.cassandra.errors import Failure, classify, describe
 from consumer.cassandra.rounds import Task
 from consumer.cassandra.statements import Statements
 from consumer.core import guard
@@ -304,6 +304,7 @@ class WriteEngine(threading.Thread):
             self._finish(entry, RowStatus.FAILED)
         else:
             job.report.retries += 1
+            job.report.errors[describe(error)] += 1
             self._retry(entry, StoreUnavailable(f"Cassandra failed a write to {job.view.table}: {error}"))
 
     def _retry(self, entry: Entry, error: TransientError) -> None:

@@ -43,3 +43,14 @@ def classify(error: BaseException) -> Failure:
     # Timeouts (WriteTimeout with any write type, ReadTimeout, OperationTimedOut), Unavailable,
     # NoHostAvailable, lost connections, coordinator failures, overload: the world, not the record.
     return Failure.RETRY
+
+
+def describe(error: BaseException) -> str:
+    """A short, bounded name for an error, for counting: the type, and a timeout's write type (CAS: a
+    Paxos round whose outcome is unknown; SIMPLE, BATCH_LOG, ...)."""
+    write_type = getattr(error, "write_type", None)
+    if write_type is not None:
+        from cassandra import WriteType
+
+        return f"{type(error).__name__}/{WriteType.value_to_name.get(write_type, write_type)}"
+    return type(error).__name__

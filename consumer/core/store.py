@@ -10,6 +10,7 @@ on reading and decoding while they are in flight. `write` is the same, waited fo
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -50,6 +51,7 @@ class WriteReport:
     requests: int = 0
     not_applied: int = 0  # conditional requests the store did not apply (stale, or a round that learnt)
     retries: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # the errors retried, by kind ("WriteTimeout/CAS")
     cache_skips: int = 0  # certainly stale rows that needed no request at all
     latencies: list[float] = field(default_factory=list)
     # Per row: when its first request was sent (monotonic seconds; None when none was needed), and when

@@ -80,6 +80,10 @@ class Metrics(Events):
                                    "Conditional writes Cassandra did not apply", ["view"], registry=r)
         self.m_write_retries = Counter("feature_consumer_write_retries", "Conditional writes sent again", ["view"],
                                      registry=r)
+        self.m_write_errors = Counter("feature_consumer_write_errors",
+                                      "Conditional requests that failed and were sent again, by error "
+                                      "(WriteTimeout/CAS: a Paxos round whose outcome was unknown)",
+                                      ["view", "error"], registry=r)
         self.m_batch_size = Histogram("feature_consumer_batch_size", "Records per batch sent to the writer",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.m_write_latency = Histogram("feature_consumer_write_latency_seconds",
@@ -152,6 +156,8 @@ class Metrics(Events):
         self.m_stale.labels(name).inc(report.count(RowStatus.STALE))
         self.m_not_applied.labels(name).inc(report.not_applied)
         self.m_write_retries.labels(name).inc(report.retries)
+        for error, count in report.errors.items():
+            self.m_write_errors.labels(name, error).inc(count)
         latency = self.m_write_latency.labels(name)
         for seconds in report.latencies:
             latency.observe(seconds)

@@ -132,6 +132,7 @@ def test_an_unknown_outcome_is_sent_again_and_the_health_listener_hears_of_a_las
         future.answer(APPLIED)
         wait_for(lambda: report, what="the report")
         assert report[0].statuses == [RowStatus.APPLIED] and report[0].retries == 7
+        assert report[0].errors == {"WriteTimeout/CAS": 7}
         assert health[-1] is None  # and it heard that writes succeed again
     finally:
         store.close()
