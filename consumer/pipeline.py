@@ -367,7 +367,7 @@ class Pipeline(RebalanceListener):
 
         if not self._wait_for(drained, deadline):
             left = self.intake.records + self.flights.records
-            log.warning("stopping with %d records not done; they are not committed and will be read again", left)
+            log.warning("stopping with %d records not written; they are not committed and will be read again", left)
         self.commits.add(self.flights.ledger.take_committable())
         try:
             self._commit(self.commits.everything(), asynchronous=False)

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from consumer.kafka.offsets import OffsetReader, PartitionLag
+from stack.cluster import ClusterEndpoints
 from stack.example import example_view_spec
 from stack.localstack import Endpoints
 from tests.workload import Event
@@ -31,7 +32,7 @@ from tests.workload import Event
 class Deployment:
     """One daemon configuration: its topic, dead-letter topic, group, keyspace and config file."""
 
-    endpoints: Endpoints
+    endpoints: Endpoints | ClusterEndpoints
     topic: str
     keyspace: str
     workdir: Path
@@ -44,6 +45,10 @@ class Deployment:
     registry_url: str | None = None
     # Another view than the seed's driver_hourly_stats (config-file form; its topic is replaced).
     view: dict[str, Any] | None = None
+    # The topics' replicas and settings (the cluster's: 3 replicas, min.insync.replicas=2), the dead-letter
+    # topic's included.
+    replicas: int = 1
+    topic_config: dict[str, str] = field(default_factory=dict)
     _lag: OffsetReader | None = field(default=None, repr=False)
 
     @property
@@ -79,8 +84,8 @@ class Deployment:
 
     def create_topics(self) -> None:
         admin = AdminClient({"bootstrap.servers": self.endpoints.bootstrap_servers})
-        futures = admin.create_topics([NewTopic(self.topic, self.partitions, 1),
-                                       NewTopic(self.dead_letter_topic, 1, 1)])
+        futures = admin.create_topics([NewTopic(self.topic, self.partitions, self.replicas, config=self.topic_config),
+                                       NewTopic(self.dead_letter_topic, 1, self.replicas, config=self.topic_config)])
         for future in futures.values():
             future.result(30)
 
@@ -132,21 +137,69 @@ class Deployment:
         raise AssertionError(f"group {self.group} did not catch up in {timeout_s}s: {self.lag()}")
 
     def dead_letters(self, expected: int, timeout_s: float = 30) -> list[Any]:
+        """Every record on the dead-letter topic, read up to its log end (duplicates included: at-least-once).
+        `expected` distinct records must be there; waits up to `timeout_s` for them."""
         consumer = Consumer({"bootstrap.servers": self.endpoints.bootstrap_servers, "group.id": f"{self.group}-dlq",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False})
-        consumer.assign([TopicPartition(self.dead_letter_topic, 0, 0)])
+        tp = TopicPartition(self.dead_letter_topic, 0, 0)
+        consumer.assign([tp])
         out: list[Any] = []
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
-                out.extend(m for m in consumer.consume(500, 1.0) if m.error() is None)
-                if len(out) >= expected:
-                    # Give duplicates (at-least-once) a moment to show up as well.
+                end = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+                while len(out) < end and time.monotonic() < deadline:
                     out.extend(m for m in consumer.consume(500, 1.0) if m.error() is None)
+                distinct = {(h.get("x-dead-letter-original-partition"), h.get("x-dead-letter-original-offset"))
+                            for h in ({k: v for k, v in m.headers() or []} for m in out)}
+                if len(distinct) >= expected:
                     break
+                time.sleep(0.5)
         finally:
             consumer.close()
         return out
+
+
+COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                         KafkaError.COORDINATOR_NOT_AVAILABLE}
+
+
+def members(admin: AdminClient, group: str) -> dict[str, set[int]]:
+    """Consumer id -> partitions it is assigned, as the group coordinator has it."""
+    description = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions} for m in description.members}
+
+
+def wait_members(admin: AdminClient, group: str, count: int, timeout_s: float = 60) -> dict[str, set[int]]:
+    deadline = time.monotonic() + timeout_s
+    seen: dict[str, set[int]] = {}
+    while time.monotonic() < deadline:
+        try:
+            seen = members(admin, group)
+        except KafkaException as exc:
+            # A broker just started has not loaded its group coordinator yet (NOT_COORDINATOR): ask again.
+            if not (exc.args[0].retriable() or exc.args[0].code() in COORDINATOR_NOT_READY):
+                raise
+            time.sleep(0.3)
+            continue
+        if len(seen) == count and all(seen.values()):
+            return seen
+        time.sleep(0.3)
+    raise AssertionError(f"group {group} did not settle on {count} members with partitions: {seen}")
+
+
+def committed_total(deployment: Deployment) -> int:
+    return sum(r.committed or 0 for r in deployment.lag())
+
+
+def wait_for_progress(deployment: Deployment, since: int = 0, timeout_s: float = 60) -> None:
+    """Until the group's commits have moved past `since` (the consumer is mid-stream)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if committed_total(deployment) > since:
+            return
+        time.sleep(0.2)
+    raise AssertionError("no commit within the time allowed")
 
 
 class SlowProducer:

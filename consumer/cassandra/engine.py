@@ -28,7 +28,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from consumer.cassandra.errors import Failure, classify, describe
-from consumer.cassandra.rounds import Task
+from consumer.cassandra.rounds import Entry, Job, Task
 from consumer.cassandra.statements import Statements
 from consumer.core import guard
 from consumer.core.errors import StoreUnavailable, TransientError
@@ -42,26 +42,9 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 6
 # The pause before a round is sent again after a transient error: 100 ms, doubling, at most 2 s.
 RETRY_BACKOFF = Backoff(100, 2000)
-
-
-@dataclass(eq=False)
-class Job:
-    id: int
-    view: FeatureView
-    rows: EncodedRows
-    done: Done
-    give_up: bool  # fail on MAX_RETRIES instead of retrying on (a caller that waits)
-    report: WriteReport
-    left: int = 0  # rows without an outcome yet
-    statements: Statements | None = None
-    abandoned: bool = False
-
-
-@dataclass(eq=False)
-class Entry:
-    job: Job
-    task: Task
-    entity: tuple[str, str]
+# The loop hears of a failure after MAX_RETRIES in a row, or once a write has been failing this long,
+# whichever comes first (a node that hangs fails each request only after the request timeout).
+TROUBLE_AFTER_S = 5.0
 
 
 @dataclass(order=True)
@@ -99,6 +82,7 @@ class WriteEngine(threading.Thread):
         # submission never overtakes them.
         self._unprepared: deque[Job] = deque()
         self._prepare_failures = 0
+        self._prepare_failing_since = 0.0
         self._prepare_at = 0.0
         self._troubled = False
         self._stopping = False
@@ -184,20 +168,20 @@ class WriteEngine(threading.Thread):
             if job.abandoned:
                 self._unprepared.popleft()
                 continue
+            attempt = self._clock()
             try:
                 job.statements = self._prepare(job.view)
             except StoreUnavailable as exc:
                 self._prepare_failures += 1
+                if self._prepare_failures == 1:
+                    self._prepare_failing_since = attempt
                 if job.give_up and self._prepare_failures > MAX_RETRIES:
                     self._unprepared.popleft()
                     self._fail(job, exc)
                     continue
-                if self._prepare_failures == MAX_RETRIES + 1 and not self._troubled:
-                    self._troubled = True
-                    log.warning("Cassandra keeps failing (%s); retrying in %d ms until it answers", exc,
-                                self._backoff.delay_ms(self._prepare_failures))
-                    self._tell(exc)
-                self._prepare_at = self._clock() + self._backoff.delay_ms(self._prepare_failures) / 1000
+                delay_ms = self._backoff.delay_ms(self._prepare_failures)
+                self._trouble(exc, self._prepare_failures, self._prepare_failing_since, delay_ms)
+                self._prepare_at = self._clock() + delay_ms / 1000
                 return
             except Exception as exc:  # noqa: BLE001 - a misconfiguration: the report carries it to the caller
                 self._unprepared.popleft()
@@ -305,25 +289,30 @@ class WriteEngine(threading.Thread):
         else:
             job.report.retries += 1
             job.report.errors[describe(error)] += 1
-            self._retry(entry, StoreUnavailable(f"Cassandra failed a write to {job.view.table}: {error}"))
+            self._retry(entry, StoreUnavailable(f"Cassandra failed a write to {job.view.table}: {error}"), started)
 
-    def _retry(self, entry: Entry, error: TransientError) -> None:
+    def _retry(self, entry: Entry, error: TransientError, started: float | None = None) -> None:
         """Unknown outcome or a transient refusal: the same round again after a pause."""
         task = entry.task
         task.retries += 1
-        if task.retries > MAX_RETRIES:
-            if entry.job.give_up:
-                self._fail(entry.job, StoreUnavailable(f"Cassandra keeps failing writes to "
-                                                        f"{entry.job.view.table}: {error}"))
-                self._release(entry)
-                return
-            if not self._troubled:
-                self._troubled = True
-                log.warning("writes to %s keep failing (%s); retrying in %d ms until they succeed",
-                            entry.job.view.table, error, self._backoff.delay_ms(task.retries))
-                self._tell(error)
-        delay_s = self._backoff.delay_ms(task.retries) / 1000
-        heapq.heappush(self._waiting, _Retry(self._clock() + delay_s, next(self._seq), entry))
+        if task.retries == 1:
+            task.failing_since = self._clock() if started is None else started
+        if task.retries > MAX_RETRIES and entry.job.give_up:
+            self._fail(entry.job, StoreUnavailable(f"Cassandra keeps failing writes to {entry.job.view.table}: "
+                                                    f"{error}"))
+            self._release(entry)
+            return
+        delay_ms = self._backoff.delay_ms(task.retries)
+        self._trouble(error, task.retries, task.failing_since, delay_ms)
+        heapq.heappush(self._waiting, _Retry(self._clock() + delay_ms / 1000, next(self._seq), entry))
+
+    def _trouble(self, error: TransientError, failures: int, failing_since: float, delay_ms: int) -> None:
+        """Tell the loop, once, when writes have failed MAX_RETRIES times in a row or for TROUBLE_AFTER_S."""
+        if self._troubled or (failures <= MAX_RETRIES and self._clock() - failing_since < TROUBLE_AFTER_S):
+            return
+        self._troubled = True
+        log.warning("Cassandra keeps failing (%s); retrying in %d ms until it answers", error, delay_ms)
+        self._tell(error)
 
     def _finish(self, entry: Entry, status: RowStatus) -> None:
         job, task = entry.job, entry.task

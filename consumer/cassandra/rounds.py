@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from consumer.cassandra.statements import Statements
 from consumer.core import guard
 from consumer.core.errors import StoreUnavailable
 from consumer.core.guard import Known, Op, Step, Version
-from consumer.core.store import RowStatus
+from consumer.core.store import Done, EncodedRows, RowStatus, WriteReport
+from consumer.core.views import FeatureView
 
 MAX_ROUNDS = 8
 
@@ -39,7 +41,7 @@ class Task:
     steps: dict[str, Step] = field(default_factory=dict)  # the round in flight (re-sent as is after a retry)
     rounds: int = 0
     retries: int = 0
-    not_before: float = 0.0
+    failing_since: float = 0.0  # when the first of the failed requests in a row was sent
     # True when nothing was known of the entity (no cache entry): its first answer teaches FirstGuess.
     probe: bool = True
 
@@ -122,3 +124,26 @@ def answer_rows(sent: Mapping[str, Step], rows: list[dict[str, Any]]) -> dict[st
         [feature] = sent
         return {feature: in_millis(rows[0])} if "event_ts" in rows[0] else {}
     return {r["feature_name"]: in_millis(r) for r in rows if r.get("feature_name") is not None}
+
+
+# --------------------------------------------------------------------------- what the writer holds
+
+
+@dataclass(eq=False)
+class Job:
+    id: int
+    view: FeatureView
+    rows: EncodedRows
+    done: Done
+    give_up: bool  # fail on MAX_RETRIES instead of retrying on (a caller that waits)
+    report: WriteReport
+    left: int = 0  # rows without an outcome yet
+    statements: Statements | None = None
+    abandoned: bool = False
+
+
+@dataclass(eq=False)
+class Entry:
+    job: Job
+    task: Task
+    entity: tuple[str, str]

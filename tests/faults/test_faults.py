@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import signal
 import time
 from collections.abc import Callable
 
@@ -16,8 +17,16 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stack import localstack
-from tests.daemon import Daemon, Deployment, SlowProducer, framed_encoder
-from tests.helpers import DRIVER_SCHEMA
+from tests.daemon import (
+    Daemon,
+    Deployment,
+    SlowProducer,
+    committed_total,
+    framed_encoder,
+    wait_for_progress,
+    wait_members,
+)
+from tests.helpers import DRIVER_SCHEMA, wait_for
 from tests.proxy import TcpProxy
 from tests.workload import Event, generate
 
@@ -36,20 +45,6 @@ def reindex(events: list[Event], start: int) -> list[Event]:
     return [Event(start + n, *list(e.__dict__.values())[1:]) for n, e in enumerate(events)]
 
 
-def committed_total(deployment: Deployment) -> int:
-    return sum(r.committed or 0 for r in deployment.lag())
-
-
-def wait_for_progress(deployment: Deployment, since: int = 0, timeout_s: float = 60) -> None:
-    """Until the group's commits have moved past `since` (the consumer is mid-stream)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if committed_total(deployment) > since:
-            return
-        time.sleep(0.2)
-    raise AssertionError("no commit within the time allowed")
-
-
 def test_kill_9_mid_batch_several_times(deployment, reader, daemons, record_figures) -> None:
     # A backlog large enough that every kill lands while work is left (checked below, not assumed).
     events = generate(entities=1500, events_per_entity=8, seed=31)
@@ -61,6 +56,7 @@ def test_kill_9_mid_batch_several_times(deployment, reader, daemons, record_figu
         daemons.append(daemon)
         wait_for_progress(deployment, since=committed_total(deployment))  # this one has written a batch
         time.sleep(rng.uniform(0.1, 0.6))  # somewhere inside a later batch's writes
+        daemon.proc.send_signal(signal.SIGSTOP)  # frozen: the lag read next is the one the kill hits
         lag_at_kill.append(sum(r.log_end - (r.committed or 0) for r in deployment.lag()))
         daemon.kill()
     assert all(lag > 0 for lag in lag_at_kill), f"a kill found no work left: lag at each kill {lag_at_kill}"
@@ -76,8 +72,8 @@ def test_cassandra_stopped_mid_stream(deployment, reader, daemons, running, reco
     daemon = Daemon(deployment)
     daemons.append(daemon)
     wait_for_progress(deployment)
-    stopped_at = time.monotonic()
     localstack.stop_service("cassandra")
+    stopped_at = time.monotonic()  # down from here (stopping takes a while, and is not the outage)
     running.append(lambda: localstack._read_pid("cassandra") or localstack.start_service("cassandra"))
     try:
         committed_at_stop = {(r.topic, r.partition): r.committed for r in deployment.lag()}
@@ -90,8 +86,8 @@ def test_cassandra_stopped_mid_stream(deployment, reader, daemons, running, reco
         advanced = sum((committed_now[tp] or 0) - (committed_at_stop[tp] or 0) for tp in committed_now)
         assert advanced <= BATCH["max_records"], (committed_at_stop, committed_now)
     finally:
+        down_s = time.monotonic() - stopped_at  # until it is started again (a JVM start is not the outage)
         localstack.start_service("cassandra")  # returns once it answers CQL again
-    down_s = time.monotonic() - stopped_at
     assert 10 <= down_s <= 60, down_s
     deployment.wait_caught_up(timeout_s=240, daemons=daemons)
     assert "retrying in" in daemon.log()
@@ -124,11 +120,13 @@ def test_consumers_scaled_1_3_1_during_the_stream(deployment, reader, daemons, r
         bounds.append(bounds[-1] + len(part))
     producer = SlowProducer(deployment, [events[a:b] for a, b in itertools.pairwise(bounds)], pause_s=1.5)
     producer.start()
+    admin = AdminClient({"bootstrap.servers": deployment.endpoints.bootstrap_servers})
     daemons.append(Daemon(deployment, "a"))
-    time.sleep(3)
+    wait_for_progress(deployment)
     daemons.append(Daemon(deployment, "b"))
     daemons.append(Daemon(deployment, "c"))
-    time.sleep(5)
+    wait_members(admin, deployment.group, 3, timeout_s=90)  # all three hold partitions mid-stream
+    assert not producer.done.is_set()
     assert daemons[1].terminate() == 0
     assert daemons[2].terminate() == 0
     producer.join()
@@ -182,7 +180,10 @@ def test_dead_letter_topic_unwritable(deployment, reader, daemons, record_figure
             partition, offset = where[e.index]
             first_poison[partition] = min(first_poison.get(partition, offset), offset)
     daemons.append(Daemon(deployment))
-    time.sleep(25)  # dead letters cannot be acknowledged (the producer gives up after 15 s), and are retried
+    # Dead letters cannot be acknowledged (the producer gives up after 15 s), and are retried.
+    wait_for(lambda: "cannot be written" in daemons[0].log(), timeout_s=90,
+             what="the daemon to reach a poison record and fail to dead-letter it")
+    time.sleep(3)  # and go on holding the commits past it for a while
     daemons[0].assert_alive()
     assert "cannot be written" in daemons[0].log()  # it did reach a poison record
     for row in deployment.lag():

@@ -11,41 +11,12 @@ import time
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from tests.daemon import Daemon, Deployment, SlowProducer
+from tests.daemon import Daemon, Deployment, SlowProducer, wait_members
 from tests.workload import generate
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
-
-COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                         KafkaError.COORDINATOR_NOT_AVAILABLE}
-
-
-def members(admin: AdminClient, group: str) -> dict[str, set[int]]:
-    """Consumer id -> partitions it is assigned, as the group coordinator has it."""
-    description = admin.describe_consumer_groups([group])[group].result(timeout=30)
-    return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions} for m in description.members}
-
-
-def wait_members(admin: AdminClient, group: str, count: int, timeout_s: float = 60) -> dict[str, set[int]]:
-    deadline = time.monotonic() + timeout_s
-    seen: dict[str, set[int]] = {}
-    while time.monotonic() < deadline:
-        try:
-            seen = members(admin, group)
-        except KafkaException as exc:
-            # A broker just started has not loaded its group coordinator yet (NOT_COORDINATOR): ask again.
-            if not (exc.args[0].retriable() or exc.args[0].code() in COORDINATOR_NOT_READY):
-                raise
-            time.sleep(0.3)
-            continue
-        if len(seen) == count and all(seen.values()):
-            return seen
-        time.sleep(0.3)
-    raise AssertionError(f"group {group} did not settle on {count} members with partitions: {seen}")
-
 
 def test_sigterm_to_one_of_two_consumers_under_load(
     make_deployment: Callable[..., Deployment], reader, daemons: list[Daemon], record_figures

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from stack import localstack
-from tests.daemon import Daemon, Deployment
+from tests.daemon import Daemon, Deployment, committed_total, wait_for_progress
 from tests.helpers import driver_view, wait_for
 from tests.proxy import TcpProxy
 from tests.workload import compare, expected_state, generate
@@ -56,7 +56,7 @@ def test_kill_and_restart_mid_stream_loses_nothing(deployment, reader, daemons) 
     for _ in range(3):
         daemon = Daemon(deployment)
         daemons.append(daemon)
-        time.sleep(4)  # some batches written, some not
+        wait_for_progress(deployment, since=committed_total(deployment))  # it got partitions and wrote some
         daemon.kill()
     daemons.append(Daemon(deployment))
     deployment.wait_caught_up(daemons=daemons[-1:])
@@ -68,7 +68,7 @@ def test_two_consumers_and_a_rebalance_mid_stream_lose_nothing(deployment, reade
     first = generate(entities=200, events_per_entity=6, seed=13, poison_rate=0.0)
     deployment.produce(first)
     daemons.append(Daemon(deployment, "a"))
-    time.sleep(3)
+    wait_for_progress(deployment)
     daemons.append(Daemon(deployment, "b"))  # joins the group: partitions move mid-stream
     second = generate(entities=200, events_per_entity=6, seed=14, poison_rate=0.0)
     second = [type(e)(e.index + len(first), *list(e.__dict__.values())[1:]) for e in second]

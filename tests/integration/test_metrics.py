@@ -156,8 +156,10 @@ def test_lag_stays_right_while_partitions_are_paused(deployment, daemons) -> Non
                                    max(s["feature_consumer_partition_paused"].values()) == 1 else None)(scrape(port)),
                           timeout_s=90, what="paused partitions")
         assert paused
-        time.sleep(1.5)  # one more collection of log end offsets
         kafka = localstack.consumer_group_describe(deployment.endpoints.bootstrap_servers, deployment.group)
+        # A collection of log end offsets since the records were produced (every 0.5 s, whatever Cassandra does).
+        wait_for(lambda: log_ends(scrape(port)) == {tp: end for tp, (_, end, _) in kafka.items()}, timeout_s=30,
+                 what="the exported log end offsets to reach the produced records")
         ours = partition_lag(scrape(port))
         assert ours == {tp: (v[2] if v[2] is not None else v[1]) for tp, v in kafka.items()}
         assert sum(ours.values()) == 80
@@ -185,7 +187,10 @@ def test_readyz_waits_for_an_assignment_and_for_cassandra(stack, deployment, dae
     deployment.write_config(metrics_port=port)
     daemons.append(Daemon(deployment, "no-cassandra"))
     wait_for(lambda: _listening(port), what="the endpoint")
-    time.sleep(6)
+    # It has its assignment (Kafka answers), and Cassandra never answers on port 1: the state holds.
+    wait_for(lambda: get(port, "/readyz") == (503, "cassandra does not answer\n"), timeout_s=60,
+             what="/readyz to name Cassandra")
+    time.sleep(2)
     assert get(port, "/readyz") == (503, "cassandra does not answer\n")
 
 

@@ -182,3 +182,28 @@ def test_a_waited_write_that_keeps_failing_gives_up_and_frees_its_entity() -> No
         wait_for(lambda: after, what="a later write of the same entity")
     finally:
         store.close()
+
+
+def test_a_node_that_hangs_is_reported_after_the_first_timeout_not_after_every_retry() -> None:
+    """Each request to a hung node fails only after the request timeout: six of them would hold the loop's
+    partitions unpaused for a minute. Failing for TROUBLE_AFTER_S is enough to tell the loop."""
+    from cassandra import OperationTimedOut
+
+    from consumer.cassandra.engine import TROUBLE_AFTER_S
+
+    now = [1000.0]
+    session = Session()
+    store = CassandraStore(CassandraOptions(keyspace="ks", cache_entries=0), clock=lambda: now[0],
+                           retry_backoff=Backoff(1, 5))
+    store._session = session
+    health: list[Any] = []
+    store.watch(health.append)
+    try:
+        submit(store, ["k1"])
+        [future] = session.take(1)
+        now[0] += TROUBLE_AFTER_S + 5  # the request timed out on the client's side
+        future.fail(OperationTimedOut("no answer within the request timeout"))
+        wait_for(lambda: health, what="the health listener after one timeout")
+        assert isinstance(health[0], StoreUnavailable)
+    finally:
+        store.close()
