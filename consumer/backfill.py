@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from consumer.core.dtypes import Kind
@@ -105,15 +106,85 @@ class Summary:
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    within: str = "the file"  # where superseded rows were superseded
 
     def render(self) -> str:
         lines = [f"rows read {self.read}, written {self.written}, skipped as stale {self.stale}, "
-                 f"superseded in the file {self.superseded}, without any feature value {self.empty}, "
+                 f"superseded in {self.within} {self.superseded}, without any feature value {self.empty}, "
                  f"rejected {self.rejected}"]
         for reason, count in self.reasons.most_common():
             lines.append(f"  rejected {count}: {reason}")
         lines.extend(f"  e.g. {example}" for example in self.examples)
         return "\n".join(lines)
+
+    def reject(self, reason: str, where: str) -> None:
+        self.rejected += 1
+        self.reasons[reason.split(":")[0]] += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {reason}")
+
+
+class Progress:
+    """A progress line every `every_s` seconds and at the end: rows done, the rate, and the time left when
+    the total is known."""
+
+    def __init__(self, label: str, total: int | None, out: TextIO | None, every_s: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.label, self.total, self.out, self.every_s, self.clock = label, total, out, every_s, clock
+        self.started = self.last = clock()
+        self.shown: int | None = None
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = self.clock()
+        due = final or now - self.last >= self.every_s or done == self.total
+        if self.out is None or not due or done == self.shown:
+            return
+        self.last, self.shown = now, done
+        rate = done / max(now - self.started, 1e-9)
+        if self.total is None:
+            line = f"{self.label}: {done} rows, {rate:,.0f} rows/s"
+        else:
+            share = 100 * done / max(self.total, 1)
+            line = f"{self.label}: {done}/{self.total} rows ({share:.0f}%), {rate:,.0f} rows/s"
+            if 0 < done < self.total:
+                line += f", {_duration((self.total - done) / rate)} left"
+        print(line, file=self.out, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def write_chunk(view: FeatureView, chunk: pd.DataFrame, store: Store, limits: Limits, summary: Summary,
+                row_numbers: npt.NDArray[np.int64] | None = None, now_ms: int | None = None,
+                plan: Plan | None = None) -> None:
+    """Map one chunk of a push frame through the stream's checks, keep the newest row per entity, and write
+    those through the guard, counting what became of each row into `summary`. `row_numbers` name the
+    chunk's rows in rejection examples (default: their position in the chunk)."""
+    plan = plan or Plan.for_frame(view)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    numbers = np.arange(len(chunk)) if row_numbers is None else row_numbers
+    part, bad = map_columns(plan, frame_columns(view, chunk), range(len(chunk)), limits, now_ms)
+    view_batch = None if part is None else coalesce(view, [part])
+    summary.read += len(chunk)
+    for index, reason in bad:
+        summary.reject(reason, f"row {numbers[index]}")
+    if view_batch is None:
+        return
+    summary.superseded += view_batch.superseded
+    report = store.write(view, view_batch.rows)
+    summary.written += report.count(RowStatus.APPLIED) + report.count(RowStatus.PARTIAL)
+    summary.stale += report.count(RowStatus.STALE)
+    for row, reason in report.failures.items():
+        summary.rejected += 1
+        summary.reasons["Cassandra refused the write"] += 1
+        if len(summary.examples) < 5:
+            summary.examples.append(f"row {numbers[int(view_batch.positions[row])]}: {reason}")
 
 
 def _chunks(frame: pd.DataFrame, size: int) -> Iterator[tuple[int, pd.DataFrame]]:
@@ -143,31 +214,9 @@ def backfill(view: FeatureView, frame: pd.DataFrame, store: Store, limits: Limit
         summary.read += summary.empty
         row_numbers = row_numbers[~empty.to_numpy()]
         frame = frame[~empty.to_numpy()].reset_index(drop=True)
-    started = last_report = clock()
-    total = len(frame) + summary.empty
+    meter = Progress(f"backfill {view.name}", len(frame) + summary.empty, progress, progress_every_s, clock)
     for start, chunk in _chunks(frame, chunk_size):
-        part, bad = map_columns(plan, frame_columns(view, chunk), range(len(chunk)), limits, int(clock() * 1000))
-        view_batch = None if part is None else coalesce(view, [part])
-        summary.read += len(chunk)
-        for index, reason in bad:
-            summary.rejected += 1
-            summary.reasons[reason.split(":")[0]] += 1
-            if len(summary.examples) < 5:
-                summary.examples.append(f"row {row_numbers[start + index]}: {reason}")
-        if view_batch is not None:
-            summary.superseded += view_batch.superseded
-            report = store.write(view, view_batch.rows)
-            summary.written += report.count(RowStatus.APPLIED) + report.count(RowStatus.PARTIAL)
-            summary.stale += report.count(RowStatus.STALE)
-            for row, reason in report.failures.items():
-                summary.rejected += 1
-                summary.reasons["Cassandra refused the write"] += 1
-                if len(summary.examples) < 5:
-                    summary.examples.append(f"row {row_numbers[start + int(view_batch.positions[row])]}: {reason}")
-        now = clock()
-        if progress is not None and (now - last_report >= progress_every_s or summary.read == total):
-            rate = summary.read / max(now - started, 1e-9)
-            print(f"backfill {view.name}: {summary.read}/{total} rows ({100 * summary.read / max(total, 1):.0f}%), "
-                  f"{rate:,.0f} rows/s", file=progress, flush=True)
-            last_report = now
+        write_chunk(view, chunk, store, limits, summary, row_numbers[start:start + len(chunk)],
+                    int(clock() * 1000), plan)
+        meter.update(summary.read)
     return summary
