@@ -6,6 +6,8 @@
     feature-consumer check --config FILE         validate the config and reach Kafka, Cassandra and the registry
     feature-consumer lag --config FILE           per-partition lag of the consumer group
     feature-consumer backfill --config FILE --input FILE   offline rows through the same guard
+    feature-consumer materialize --feast-repo PATH START END     a Feast repo's offline rows, through the guard
+    feature-consumer materialize-incremental --feast-repo PATH END   the same, from where the last run ended
 
 Exit codes: 0 success; 1 a check failed or an unexpected error; 2 the configuration is wrong.
 """
@@ -17,7 +19,9 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from consumer import __version__
@@ -181,6 +185,45 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return 0 if summary.rejected == 0 else 1
 
 
+def moment(text: str, now: float) -> datetime:
+    """An ISO 8601 time (naive means UTC, as in Feast), or `now`."""
+    if text.strip().lower() == "now":
+        return datetime.fromtimestamp(now, UTC)
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-30T06:00:00) nor `now`") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from consumer.cassandra.writer import CassandraStore
+    from consumer.feast.offline import FeastOffline
+    from consumer.materialize import materialize
+
+    settings = _settings(args)
+    if settings.feast_repo is None:
+        raise ConfigError(f"{args.command} reads a Feast repo: give --feast-repo PATH")
+    now = time.time()
+    end = moment(args.end, now)
+    start = moment(args.start, now) if args.command == "materialize" else None
+    if start is not None and start > end:
+        raise ConfigError(f"START {start.isoformat()} is after END {end.isoformat()}")
+    offline = FeastOffline.open(settings.feast_repo)
+    views = offline.select(settings.views, args.views)
+    if not views:
+        raise ConfigError(f"--feast-repo {settings.feast_repo}: no online view of this daemon's to materialize")
+    store = CassandraStore(settings.cassandra.options())
+    try:
+        runs = materialize(views, offline, store, settings.limits.limits(), end, start, chunk_size=args.chunk_size,
+                           stop=STOP)
+    finally:
+        store.close()
+    for run in runs:
+        print(run.render())
+    return 0 if all(run.ok for run in runs) else 1
+
+
 def cmd_lag(args: argparse.Namespace) -> int:
     from consumer.kafka.offsets import format_table, group_lag
 
@@ -224,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also write rows without any feature value (left out by default: get_historical_features "
                       "gives one for every entity it found nothing for)")
     fill.add_argument("--chunk-size", type=int, default=5000)
+    window = command("materialize", cmd_materialize,
+                     "write a Feast repo's offline rows of [START, END] through the guard, and record the interval")
+    window.add_argument("start", metavar="START", help="ISO 8601 (naive is UTC), or `now`")
+    window.add_argument("end", metavar="END", help="ISO 8601 (naive is UTC), or `now`")
+    onward = command("materialize-incremental", cmd_materialize,
+                     "the same, for each view from the end of its last materialized interval (or now - ttl) to END")
+    onward.add_argument("end", metavar="END", help="ISO 8601 (naive is UTC), or `now`")
+    for p in (window, onward):
+        p.add_argument("--views", "-v", nargs="+", action="extend",
+                       help="only these views (default: every online view the daemon writes from the repo)")
+        p.add_argument("--chunk-size", type=int, default=2000, help="offline rows held and written at a time")
     lag = command("lag", cmd_lag, "print the consumer group's lag per partition")
     lag.add_argument("--group", help="another consumer group than the configured one")
     return parser
@@ -235,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("cassandra", "confluent_kafka", "httpx"):
+    for noisy in ("cassandra", "confluent_kafka", "httpx", "feast"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         code: int = args.fn(args)
