@@ -109,7 +109,7 @@ def materialize(views: list[FeatureView], offline: Offline, store: Store, limits
         except (StoreUnavailable, Stopped) as exc:
             run.error = str(exc)
             for rest in views[index + 1:]:
-                runs.append(ViewRun(rest.name, start, end, error=f"not run: {view.name} failed first"))
+                runs.append(ViewRun(rest.name, start, end, error=f"not run: the run ended at {view.name}"))
             break
         except Exception as exc:  # noqa: BLE001 - the view failed; what failed is reported, the next view tried
             run.error = describe_error(exc)

@@ -135,7 +135,7 @@ def test_cassandra_unreachable_stops_the_run_and_the_views_not_begun_are_not_run
     runs = materialize([first, second], offline, store, LIMITS, END, start=T, progress=None)
     assert offline.recorded == [] and [r.recorded for r in runs] == [False, False]
     assert runs[0].error == "fake store is down"
-    assert runs[1].error == f"not run: {first.name} failed first"
+    assert runs[1].error == f"not run: the run ended at {first.name}"
     assert [name for name, _, _ in offline.reads] == [first.name]
 
 
