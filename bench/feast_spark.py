@@ -7,6 +7,17 @@ applies it through the SDK, and runs Feast's `SparkKafkaProcessor` (feast.infra.
 on a local SparkSession in a process of its own (bench/feast_spark_job.py), with Spark's Kafka connector and
 spark-avro resolved by Maven from Maven Central (stack/spark/pom.xml) into ~/.cache/feature-consumer-stack.
 
+Feast 0.67 as shipped, on this path (each run reports the first two again in its output):
+  - `get_stream_processor_object` raises TypeError (it does not pass SparkKafkaProcessor's required keyword-only
+    `stream_source_options`): the processor is built directly, with startingOffsets=earliest;
+  - its Avro branch gives `from_avro` the value cast to a string, which Spark 4.1 refuses at analysis ("[INTERNAL_
+    ERROR] Cannot resolve the runtime replaceable expression from_avro(...)"; from_avro takes binary): the job
+    then runs Feast's processor with that one expression changed to the binary value (feast_spark_job.py), all
+    the rest being Feast's (trigger, foreachBatch, toPandas, latest row per entity, write_to_online_store);
+  - StreamFeatureView.to_proto stores the entity column among the features, so the view read back from the
+    registry writes driver_id as a fourth online row per entity (online_rows_per_entity);
+  - the Spark checkpoint is always /tmp/checkpoint/: removed before each run (two runs cannot share a machine).
+
 Two measurements, either or both:
 
   --records N              a backlog of N records on the topic (produced here first, uniform over --entities
@@ -19,10 +30,22 @@ Two measurements, either or both:
                            version (or a newer one) in Cassandra; Cassandra's WRITETIME of the rows gives a
                            second figure (when Feast issued the write), without the poller's delay.
 
-Prints one JSON line at the end (fields: see `main`).
+Prints one JSON line at the end:
+  pyspark, spark, spark_jars, master, driver_memory, processing_time (the trigger), max_offsets_per_trigger,
+  arrow_to_pandas, keyspace, table, cpus, loadavg_start/loadavg_end (a shared machine: how busy it was);
+  throughput_rps (= backlog.throughput_rps) and backlog: records, entities, online_rows(_per_entity),
+    throughput_rps (records / first trigger -> last row online), throughput_visible_rps (first row online ->
+    last), throughput_after_first_batch_rps (several batches only), job_cpu_s and job_cpu_ms_per_record (CPU of
+    the processor's Python and JVM), spark_session_s, batches and their phases (batch_*, feast_write_*,
+    first_batches), how Feast's processor was built (factory, decode, factory_error, feast_decode_error);
+  latency: one object per --rate: records, seen, missing, sustained_rps (below the rate: it did not keep up),
+    latency_p50_ms/p99/p999/max (poller),
+    writetime_p50_ms/... (Cassandra's write time of each entity's last record), poll_cycle_ms_median (the
+    poller's resolution), job_cpu_cores (cores the processor kept busy), the batches as above.
 
+    .venv/bin/python -m stack.feastenv --spark      # once: pyspark into .venv-feast
     .venv-feast/bin/python bench/feast_spark.py --records 20000
-    .venv-feast/bin/python bench/feast_spark.py --rate 100 --seconds 60
+    .venv-feast/bin/python bench/feast_spark.py --rate 100 --rate 500 --seconds 30
 """
 
 from __future__ import annotations
@@ -344,11 +367,24 @@ def as_shipped(job: Job) -> dict[str, Any]:
             "feast_decode_error": decode_error and decode_error["error"]}
 
 
-def batches_summary(job: Job) -> dict[str, Any]:
-    """Spark's micro-batches with input, each with Feast's write_to_online_store call in it: the time from the
-    trigger to the write (Kafka fetch, from_avro, toPandas, Feast's latest-row-per-entity) and the write."""
-    batches = [e for e in job.events if e["event"] == "batch" and e["rows"] > 0]
-    writes = [e for e in job.events if e["event"] == "write"]
+def cpu_between(job: Job, start: float, end: float) -> dict[str, float] | None:
+    """CPU seconds the job (its Python and its JVM) used between two times, from its once-a-second samples: the
+    last sample at or before `start` and the first at or after `end`."""
+    samples = [e for e in job.events if e["event"] == "cpu"]
+    before = [e for e in samples if e["t"] <= start] or samples[:1]
+    after = [e for e in samples if e["t"] >= end] or samples[-1:]
+    if not before or not after:
+        return None
+    a, b = before[-1], after[0]
+    return {"python": b["python"] - a["python"], "jvm": b["jvm"] - a["jvm"], "wall": b["t"] - a["t"]}
+
+
+def batches_summary(job: Job, since: float = 0.0) -> dict[str, Any]:
+    """Spark's micro-batches with input (triggered at or after `since`), each with Feast's write_to_online_store
+    call in it: the time from the trigger to the write (Kafka fetch, from_avro, toPandas, Feast's latest row per
+    entity) and the write."""
+    batches = [e for e in job.events if e["event"] == "batch" and e["rows"] > 0 and batch_time(e) >= since]
+    writes = [e for e in job.events if e["event"] == "write" and e["start"] >= since]
     detail = []
     for batch, write in zip(batches, writes, strict=False):
         detail.append({"rows": batch["rows"], "trigger_ms": batch["duration_ms"].get("triggerExecution"),
@@ -399,6 +435,14 @@ def wait_visible_count(session: Session, target: Target, expected_rows: int, job
     raise SystemExit(f"only {rows} of {expected_rows} rows were online after {timeout:.0f} s\n{job.tail()}")
 
 
+def wait_for_quiet(max_load: float, patience: float) -> None:
+    """On a shared machine: wait (at most `patience` s) until the 1-minute load average is below `max_load`."""
+    deadline = time.monotonic() + patience
+    while max_load and os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
+        log(f"load average {os.getloadavg()[0]:.1f} >= {max_load:g}: waiting")
+        time.sleep(15)
+
+
 def throughput_run(args: argparse.Namespace, target: Target, session: Session, jars: Sequence[str],
                    workdir: Path) -> dict[str, Any]:
     if args.existing_topic:
@@ -412,6 +456,8 @@ def throughput_run(args: argparse.Namespace, target: Target, session: Session, j
         records = args.records
     repo, per_entity = feature_repo(target, topic, workdir / "repo_backlog")
     session.execute(f"TRUNCATE {target.table}")
+    wait_for_quiet(args.max_load, args.max_load_wait)
+    load = os.getloadavg()
     expected = len(ids) * per_entity  # one row per (entity, feature)
     log(f"{records:,} records ({len(ids):,} entities) on {topic}; starting Feast's Spark Kafka processor")
     job = start_job(args, repo, jars, workdir, "backlog")
@@ -428,11 +474,22 @@ def throughput_run(args: argparse.Namespace, target: Target, session: Session, j
     spark_event = job.first("spark") or {}
     batches = [e for e in job.events if e["event"] == "batch" and e["rows"] > 0]
     first_trigger = min(batch_time(e) for e in batches) if batches else started["t"]
+    writes = [e for e in job.events if e["event"] == "write"]
+    # With --max-offsets-per-trigger the backlog comes in several batches: the rate after the first one (which
+    # also plans the query, opens the Kafka consumer and Feast's Cassandra session) is the steady one.
+    steady = None
+    if len(batches) > 1 and writes and last_visible > writes[0]["end"]:
+        steady = (records - batches[0]["rows"]) / (last_visible - writes[0]["end"])
+    cpu = cpu_between(job, first_trigger, last_visible)
     return {
         "topic": topic, "records": records, "entities": len(ids), "online_rows": rows,
-        "online_rows_per_entity": per_entity,
+        "online_rows_per_entity": per_entity, "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(),
         "throughput_rps": records / (last_visible - first_trigger),
         "throughput_visible_rps": records / (last_visible - first_visible) if last_visible > first_visible else None,
+        "throughput_after_first_batch_rps": steady,
+        # CPU the processor used (Python driver + JVM) from the first trigger to the last row: less sensitive to
+        # other work on a shared machine than the wall-clock rates.
+        "job_cpu_s": cpu, "job_cpu_ms_per_record": cpu and (cpu["python"] + cpu["jvm"]) * 1000 / records,
         "first_trigger_to_last_row_s": last_visible - first_trigger,
         "first_row_to_last_row_s": last_visible - first_visible,
         "spark_session_s": spark_event.get("seconds"),
@@ -450,7 +507,9 @@ class LatencyProbe:
     pending: dict[int, list[int]] = field(default_factory=dict)  # driver -> event_us not yet seen
     produced: list[tuple[int, int]] = field(default_factory=list)  # (driver, event_us)
     latencies_ms: list[float] = field(default_factory=list)
+    last_seen: float = 0.0  # when the poller last saw a record online
     rounds_ms: list[float] = field(default_factory=list)
+    cycles_ms: list[float] = field(default_factory=list)  # round + pause: how late a row may be seen at most
     lock: threading.Lock = field(default_factory=threading.Lock)
     producing_done: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -486,9 +545,12 @@ def produce_at_rate(bootstrap: str, topic: str, rate: float, seconds: float, ent
     producer.flush(60)
 
 
-def poll_online(session: Session, target: Target, probe: LatencyProbe, concurrency: int, interval: float) -> None:
+def poll_online(session: Session, target: Target, probe: LatencyProbe, concurrency: int, interval: float,
+                budget: float = 0.0) -> None:
     """Read back every entity with a record not yet seen; a record counts as online once its entity's row holds
-    its event time or a later one (Feast writes the latest record of each entity in a micro-batch)."""
+    its event time or a later one (Feast writes the latest record of each entity in a micro-batch). Rounds are
+    spaced so that the reads stay below `budget` per second (0: no bound): the poller's reads go to the Cassandra
+    node Feast writes to, on the same cores, and must not slow it much."""
     select = session.prepare(f"SELECT toUnixTimestamp(event_ts) FROM {target.table} "
                              "WHERE entity_key = ? AND feature_name = 'avg_daily_trips'")
     while not probe.stop.is_set():
@@ -514,14 +576,18 @@ def poll_online(session: Session, target: Target, probe: LatencyProbe, concurren
                 done = [e for e in waiting if e // 1000 <= online_ms]
                 if done:
                     probe.latencies_ms.extend(seen * 1000 - e / 1000 for e in done)
+                    probe.last_seen = seen
                     rest = [e for e in waiting if e // 1000 > online_ms]
                     if rest:
                         probe.pending[driver] = rest
                     else:
                         del probe.pending[driver]
-        probe.rounds_ms.append((time.time() - began) * 1000)
-        if interval:
-            time.sleep(interval)
+        elapsed = time.time() - began
+        probe.rounds_ms.append(elapsed * 1000)
+        pause = max(interval, len(drivers) / budget - elapsed if budget else 0.0)
+        probe.cycles_ms.append((elapsed + max(pause, 0.0)) * 1000)
+        if pause > 0:
+            probe.stop.wait(pause)
 
 
 def writetime_latencies(session: Session, target: Target, probe: LatencyProbe) -> list[float]:
@@ -558,6 +624,8 @@ def latency_run(args: argparse.Namespace, target: Target, session: Session, jars
     create_topic(target.bootstrap, topic, args.partitions)
     repo, _ = feature_repo(target, topic, workdir / f"repo_latency_{int(rate)}")
     session.execute(f"TRUNCATE {target.table}")
+    wait_for_quiet(args.max_load, args.max_load_wait)
+    load = os.getloadavg()
     job = start_job(args, repo, jars, workdir, f"latency_{int(rate)}")
     probe = LatencyProbe()
     try:
@@ -580,9 +648,11 @@ def latency_run(args: argparse.Namespace, target: Target, session: Session, jars
         time.sleep(2)
         log(f"warm; producing {rate:g} records/s for {args.seconds:g} s to {topic}")
         poller = threading.Thread(target=poll_online, args=(session, target, probe, args.poll_concurrency,
-                                                            args.poll_interval), daemon=True)
+                                                            args.poll_interval, args.poll_budget), daemon=True)
         poller.start()
+        produce_started = time.time()
         produce_at_rate(target.bootstrap, topic, rate, args.seconds, args.entities, probe)
+        produce_ended = time.time()
         probe.producing_done.set()
         deadline = time.monotonic() + args.drain_timeout
         while probe.outstanding() and time.monotonic() < deadline:
@@ -596,14 +666,23 @@ def latency_run(args: argparse.Namespace, target: Target, session: Session, jars
         probe.stop.set()
         job.stop()
     written = writetime_latencies(session, target, probe)
+    cpu = cpu_between(job, produce_started, produce_ended)
     return {
         "topic": topic, "rate": rate, "seconds": args.seconds, "records": len(probe.produced),
+        "loadavg_at_start": load, "loadavg_at_end": os.getloadavg(),
         "entities": args.entities, "seen": len(probe.latencies_ms), "missing": probe.outstanding(),
+        # records / (first produced -> last seen online): below `rate` when the processor did not keep up, and
+        # then the latencies grow with the length of the run
+        "sustained_rps": len(probe.produced) / (probe.last_seen - produce_started) if probe.last_seen else None,
         **percentiles(probe.latencies_ms, "latency_"),
         "writetime_samples": len(written), **percentiles(written, "writetime_"),
         "poll_round_ms_median": statistics.median(probe.rounds_ms) if probe.rounds_ms else None,
+        "poll_cycle_ms_median": statistics.median(probe.cycles_ms) if probe.cycles_ms else None,
+        "poll_rounds": len(probe.rounds_ms), "poll_budget": args.poll_budget,
+        # cores the processor kept busy (Python driver + JVM) while the records were produced
+        "job_cpu_s": cpu, "job_cpu_cores": cpu and (cpu["python"] + cpu["jvm"]) / cpu["wall"],
         **as_shipped(job),
-        **batches_summary(job),
+        **batches_summary(job, since=produce_started),
     }
 
 
@@ -634,10 +713,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--write-concurrency", type=int, default=100, help="Feast's Cassandra write_concurrency")
     parser.add_argument("--poll-concurrency", type=int, default=32)
     parser.add_argument("--poll-interval", type=float, default=0.0, help="latency poller: pause between rounds")
-    parser.add_argument("--count-interval", type=float, default=0.1, help="backlog poller: pause between counts")
+    parser.add_argument("--poll-budget", type=float, default=2000,
+                        help="latency poller: at most this many reads per second on average (0: no bound)")
+    parser.add_argument("--count-interval", type=float, default=1.0,
+                        help="backlog poller: pause between COUNT(*)s (each is a scan the writes compete with)")
     parser.add_argument("--start-timeout", type=float, default=180)
     parser.add_argument("--drain-timeout", type=float, default=120)
     parser.add_argument("--timeout", type=float, default=900, help="backlog run: seconds until all rows are online")
+    parser.add_argument("--max-load", type=float, default=0,
+                        help="before each run, wait until the 1-minute load average is below this (0: do not wait)")
+    parser.add_argument("--max-load-wait", type=float, default=600, help="seconds to wait for --max-load at most")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (repos, job logs)")
     args = parser.parse_args(argv)
     if not args.records and not args.existing_topic and not args.rate:
@@ -670,8 +755,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             rate_args = argparse.Namespace(**{**vars(args), "entities": entities})
             result.setdefault("latency", []).append(latency_run(rate_args, target, session, jars, workdir, rate))
             log(f"latency: {json.dumps(result['latency'][-1])}")
-        spark_versions = {e.get("spark") for e in _all_events(workdir) if e["event"] == "spark"}
-        result["spark"] = sorted(v for v in spark_versions if v)
+        spark_events = [e for e in _all_events(workdir) if e["event"] == "spark"]
+        result["spark"] = ", ".join(sorted({e["spark"] for e in spark_events}))
+        result["arrow_to_pandas"] = ", ".join(sorted({str(e.get("arrow")) for e in spark_events}))
+        if "backlog" in result:
+            result["throughput_rps"] = result["backlog"]["throughput_rps"]
         result["loadavg_end"] = os.getloadavg()
     finally:
         cluster.shutdown()

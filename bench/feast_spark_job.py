@@ -28,6 +28,7 @@ from typing import Any
 
 warnings.filterwarnings("ignore")
 
+import psutil  # noqa: E402
 import pyspark  # noqa: E402
 from feast import FeatureStore  # noqa: E402
 from feast.infra.contrib.spark_kafka_processor import SparkKafkaProcessor, SparkProcessorConfig  # noqa: E402
@@ -93,6 +94,19 @@ class BinaryAvroSparkKafkaProcessor(SparkKafkaProcessor):
                 .select(from_avro(col("value"), schema_json).alias("table")).select("table.*"))
 
 
+def cpu_seconds(me: psutil.Process) -> dict[str, float]:
+    """CPU seconds (user + system) of this interpreter and of its children (the JVM pyspark started)."""
+    own = me.cpu_times()
+    children = 0.0
+    for child in me.children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.Error:
+            continue
+        children += times.user + times.system
+    return {"python": own.user + own.system, "jvm": children}
+
+
 def spark_session(args: argparse.Namespace) -> SparkSession:
     builder = (SparkSession.builder.master(args.master).appName("feast-spark-kafka-anchor")
                .config("spark.driver.memory", args.driver_memory)
@@ -149,7 +163,7 @@ def main() -> None:
     started = time.time()
     spark = spark_session(args)
     events.emit("spark", seconds=time.time() - started, spark=spark.version, pyspark=pyspark.__version__,
-                master=args.master)
+                master=args.master, arrow=spark.conf.get("spark.sql.execution.arrow.pyspark.enabled"))
     spark.streams.addListener(Progress(events))
     config = SparkProcessorConfig(mode="spark", source="kafka", spark_session=spark,
                                   processing_time=args.processing_time, query_timeout=None)
@@ -194,11 +208,16 @@ def main() -> None:
     thread.start()
     deadline = time.monotonic() + args.max_seconds
     announced = False
+    me = psutil.Process()
+    next_cpu = 0.0
     while not stop.is_set() and time.monotonic() < deadline:
         if not announced and spark.streams.active:
             events.emit("started", factory=factory, decode=decode, processing_time=args.processing_time,
                         options=options)
             announced = True
+        if announced and time.monotonic() >= next_cpu:
+            events.emit("cpu", **cpu_seconds(me))
+            next_cpu = time.monotonic() + 1
         stop.wait(0.1)
     for query in spark.streams.active:
         query.stop()
