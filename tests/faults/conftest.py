@@ -4,7 +4,8 @@ Every fault test ends with `verify`: Cassandra compared with the workload's orac
 nothing regressed), the dead-letter topic compared with the poison records (complete: every poison
 record, identified by its original partition and offset and carrying its bytes), and the group's lag
 back to 0. The figures of each test are printed in a table at the end of the session
-(`pytest -m fault`) and, with FAULT_REPORT=path, written there as JSON lines.
+(`pytest -m fault`) and, with FAULT_REPORT=path, written there as JSON lines. The verdict itself lives in
+tests/verdict.py, which the cluster tier (tests/cluster) shares.
 """
 
 from __future__ import annotations
@@ -12,30 +13,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import pytest
 
 from consumer.cassandra.writer import CassandraStore
 from tests.daemon import Deployment
-from tests.helpers import driver_view
-from tests.workload import Event, compare, expected_state
-
-
-@dataclass
-class Figures:
-    test: str
-    events: int
-    faults: int
-    entities: int
-    lost: int
-    regressed: int
-    wrong: int
-    poison: int
-    dead_letters: int
-    dead_letters_complete: bool
-
+from tests.verdict import Figures, judge
+from tests.workload import Event
 
 REPORT: list[Figures] = []
 
@@ -44,23 +30,9 @@ def verify(name: str, deployment: Deployment, reader: CassandraStore, events: li
            where: dict[int, tuple[int, int]], faults: int) -> Figures:
     """Compare the online state and the dead letters with the oracle; the lag must be back to 0."""
     assert deployment.total_lag() == 0, deployment.lag()
-    result = compare(reader.read, driver_view(), expected_state(events))
-    poison = [e for e in events if e.poison]
-    letters = deployment.dead_letters(expected=len(poison))
-    seen: dict[tuple[int, int], Any] = {}
-    for message in letters:
-        headers = {k: v.decode() for k, v in message.headers()}
-        seen[(int(headers["x-dead-letter-original-partition"]), int(headers["x-dead-letter-original-offset"]))] = \
-            message
-    expected = {where[e.index]: e for e in poison}
-    complete = set(seen) == set(expected) and all(
-        (seen[pos].value() or b"") == e.value() and seen[pos].key() == e.key for pos, e in expected.items())
-    figures = Figures(name, len(events), faults, result.checked, len(result.missing), len(result.regressed),
-                      len(result.wrong), len(poison), len(seen), complete)
-    REPORT.append(figures)
-    assert result.ok, result
-    assert complete, (sorted(seen), sorted(expected))
-    return figures
+    judgement = judge(name, deployment, reader, events, where, faults)
+    REPORT.append(judgement.figures)
+    return judgement.check()
 
 
 @pytest.fixture
