@@ -159,8 +159,12 @@ def encode(driver: int, event_us: int, conv: float, acc: float, trips: int) -> b
     return buf.getvalue()
 
 
+CREATED_TOPICS: list[str] = []
+
+
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
+    CREATED_TOPICS.append(topic)
     for future in admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values():
         future.result(30)
     deadline = time.monotonic() + 30
@@ -723,7 +727,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-load", type=float, default=0,
                         help="before each run, wait until the 1-minute load average is below this (0: do not wait)")
     parser.add_argument("--max-load-wait", type=float, default=600, help="seconds to wait for --max-load at most")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (repos, job logs)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (repos, job logs), the topics and the keyspace")
     args = parser.parse_args(argv)
     if not args.records and not args.existing_topic and not args.rate:
         parser.error("nothing to measure: give --records N, --existing-topic T and/or --rate R")
@@ -762,12 +767,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             result["throughput_rps"] = result["backlog"]["throughput_rps"]
         result["loadavg_end"] = os.getloadavg()
     finally:
-        cluster.shutdown()
         shutil.rmtree(FEAST_CHECKPOINT, ignore_errors=True)
         if args.keep:
-            log(f"kept {workdir}")
+            log(f"kept {workdir}, the keyspace {keyspace} and the topics {', '.join(CREATED_TOPICS)}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            # what this run created: the topics, and the keyspace unless --keyspace named one
+            with contextlib.suppress(Exception):
+                if not args.keyspace:
+                    session.execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=120)
+            if CREATED_TOPICS:
+                admin = AdminClient({"bootstrap.servers": target.bootstrap})
+                for future in admin.delete_topics(CREATED_TOPICS).values():
+                    with contextlib.suppress(Exception):
+                        future.result(30)
+        cluster.shutdown()
     print(json.dumps(result))
 
 
