@@ -315,19 +315,16 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
             "probe_p99": percentile(seen, 99), "probe_unseen": checked["unseen"]}
 
 
-def anchor_spark(setup: Setup, records: Sequence[Record], rate: float, seconds: float) -> dict[str, Any] | None:
-    """(d): Feast's Spark Kafka processor on a topic of the same records, and at `rate`; None if it cannot run."""
-    script = ROOT / "bench" / "feast_spark.py"
-    if not script.exists():
-        return None
-    python = feastenv.ensure()
-    topic = setup.topic("spark")
-    produce(setup.endpoints.bootstrap_servers, topic, records)
-    out = subprocess.run([str(python), str(script), "--bootstrap", setup.endpoints.bootstrap_servers,
-                          "--topic", topic, "--records", str(len(records)), "--rate", str(rate),
-                          "--seconds", str(seconds), "--host", setup.endpoints.cql_host,
-                          "--port", str(setup.endpoints.cql_port), "--keyspace", f"bench_spark_{setup.run}"],
-                         capture_output=True, text=True, check=False)
+def anchor_spark(setup: Setup, records: int, rates: Sequence[float], seconds: float) -> dict[str, Any] | None:
+    """(d): Feast's Spark Kafka processor on a backlog of `records` records made as ours are, and at each of
+    `rates` for `seconds` (bench/feast_spark.py); None when it cannot run here (the reason is printed)."""
+    python = feastenv.ensure(spark=True)
+    command = [str(python), str(ROOT / "bench" / "feast_spark.py"), "--bootstrap", setup.endpoints.bootstrap_servers,
+               "--host", setup.endpoints.cql_host, "--port", str(setup.endpoints.cql_port),
+               "--records", str(records), "--seconds", str(seconds), "--partitions", str(PARTITIONS)]
+    for rate in rates:
+        command += ["--rate", f"{rate:.0f}"]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:
         print(f"(d) did not run: exit {out.returncode}: {out.stderr.strip()[-2000:]}")
@@ -407,9 +404,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"| {r['probe_p50'] * 1000:.1f} | {r['probe_p99'] * 1000:.1f} |", flush=True)
         print()
     if args.spark:
-        records = make_records(args.records, args.uniform_entities, None, seed=3, start_ms=start_ms)
-        spark = anchor_spark(setup, records, max_rate / 2, args.fresh_seconds)
-        print(f"(d) Feast's Spark Kafka processor: {spark}")
+        rates = [f * max_rate for f in (float(x) for x in args.fresh_fractions.split(","))]
+        spark = anchor_spark(setup, args.records, rates, args.fresh_seconds)
+        if spark is not None:
+            print(f"(d) Feast's Spark Kafka processor (pyspark {spark.get('pyspark')}, trigger "
+                  f"{spark.get('processing_time')!r}; {spark.get('decode')}): backlog {spark['throughput_rps']:,.0f} "
+                  "records/s")
+            print("| rate | sustained | p50 ms | p99 ms | p99.9 ms |")
+            print("|---:|---:|---:|---:|---:|")
+            for run in spark.get("latency", []):
+                print(f"| {run['rate']:,.0f}/s | {run['sustained_rps']:,.0f}/s | {run['latency_p50_ms']:,.0f} "
+                      f"| {run['latency_p99_ms']:,.0f} | {run['latency_p999_ms']:,.0f} |")
+            print()
     if "rss" in phases:
         peak, seconds, rate = rss_run(setup, args.rss_records or 1_000_000, args.rss_entities, args.zipf_s)
         print(f"backlog of {args.rss_records or 1_000_000:,} records (Zipf over {args.rss_entities:,} entities): "
