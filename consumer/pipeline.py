@@ -30,6 +30,7 @@ from typing import Any
 
 from consumer.core.commits import Commits
 from consumer.core.errors import DeadLetterUnavailable, TransientError
+from consumer.core.outcomes import drain
 from consumer.core.policy import Backoff, BatchPolicy, Limits
 from consumer.core.records import Message, Rejected
 from consumer.core.store import Store, WriteReport
@@ -191,13 +192,7 @@ class Pipeline(RebalanceListener):
         """Take in every outcome that has arrived (waiting up to `wait_s` for the first), then commit."""
         self.dead_letters.poll()
         first = self.clock.wait_on(self._answers, wait_s) if wait_s > 0 else None
-        answers = [] if first is None else [first]
-        while True:
-            try:
-                answers.append(self._answers.get_nowait())
-            except queue.Empty:
-                break
-        for answer in answers:
+        for answer in drain(self._answers, first):
             getattr(self, "_on_" + answer[0])(*answer[1:])
         self._commit_done(self.clock.monotonic())
 

@@ -33,6 +33,7 @@ from consumer.cassandra.statements import Statements
 from consumer.core import guard
 from consumer.core.errors import StoreUnavailable, TransientError
 from consumer.core.guard import FirstGuess, Version
+from consumer.core.outcomes import drain
 from consumer.core.policy import Backoff
 from consumer.core.store import Done, EncodedRows, HealthListener, RowStatus, WriteReport
 from consumer.core.views import FeatureView
@@ -124,15 +125,10 @@ class WriteEngine(threading.Thread):
             wakeups = [r.at for r in self._waiting[:1]] + ([self._prepare_at] if self._unprepared else [])
             timeout = max(0.0, min(wakeups) - self._clock()) if wakeups else None
             try:
-                items = [self._inbox.get(timeout=timeout)]
+                first = self._inbox.get(timeout=timeout)
             except queue.Empty:
-                items = []
-            while True:
-                try:
-                    items.append(self._inbox.get_nowait())
-                except queue.Empty:
-                    break
-            for item in items:
+                first = None
+            for item in drain(self._inbox, first):
                 getattr(self, "_on_" + item[0])(*item[1:])
             now = self._clock()
             if self._unprepared and self._prepare_at <= now:

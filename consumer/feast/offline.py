@@ -24,7 +24,6 @@ Feast's SDK is imported only here and in repo.py, lazily, in an environment that
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,9 +33,8 @@ from typing import Any
 import pandas as pd
 
 from consumer.core.errors import ConfigError
-from consumer.core.redact import describe_error
 from consumer.core.views import FeatureView
-from consumer.feast.repo import _PROMETHEUS_ENV, _environment_kept
+from consumer.feast.repo import with_feature_store
 
 log = logging.getLogger(__name__)
 
@@ -119,21 +117,12 @@ class FeastOffline:
 
     @classmethod
     def open(cls, repo: str | Path) -> FeastOffline:
-        with _environment_kept(_PROMETHEUS_ENV):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    from feast import FeatureStore
-                    from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
-            except ImportError as exc:
-                raise ConfigError("materialize needs Feast in this environment: "
-                                  "pip install 'feature-consumer[feast]'") from exc
-            try:
-                store = FeatureStore(repo_path=str(repo))
-                offline = get_offline_store_from_config(store.config.offline_store)
-            except Exception as exc:  # noqa: BLE001 - reported as the repo's config error, without its inputs
-                raise ConfigError(f"--feast-repo {repo}: Feast cannot read it: {describe_error(exc)}") from None
-        return cls(store, offline)
+        def read(store: Any) -> FeastOffline:
+            from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+
+            return cls(store, get_offline_store_from_config(store.config.offline_store))
+
+        return with_feature_store(Path(repo), "materialize", read)
 
     @property
     def project(self) -> str:

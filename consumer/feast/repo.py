@@ -25,17 +25,18 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from consumer.core.errors import ConfigError
 from consumer.core.redact import describe_error
 from consumer.core.views import FeatureView, parse_views
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # prometheus-client's switches for its multiprocess mode (the lower-case one is its deprecated spelling).
 _PROMETHEUS_ENV = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
@@ -81,8 +82,8 @@ def _environment_kept(names: tuple[str, ...]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _read_with_feast(repo: Path) -> tuple[Any, dict[str, Any], Any, Any]:
-    """The repo's config and views as Feast reads them, with Feast's AvroFormat and KafkaSource classes."""
+def with_feature_store(repo: Path, needed_by: str, read: Callable[[Any], T]) -> T:
+    """What `read` takes from Feast's FeatureStore for the repo; whatever Feast fails on is a ConfigError."""
     # Feast's metrics module, once imported, points prometheus-client's multiprocess mode at a temporary
     # directory of Feast's (deleted when the process exits) and imports prometheus-client, which decides
     # then, once for the whole process, to keep every metric's values in files there: ours too. So
@@ -95,19 +96,27 @@ def _read_with_feast(repo: Path) -> tuple[Any, dict[str, Any], Any, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 from feast import FeatureStore
-                from feast.data_format import AvroFormat
-                from feast.data_source import KafkaSource
         except ImportError as exc:
-            raise ConfigError("--feast-repo needs Feast in this environment: "
+            raise ConfigError(f"{needed_by} needs Feast in this environment: "
                               "pip install 'feature-consumer[feast]'") from exc
         try:
-            store = FeatureStore(repo_path=str(repo))
-            views = {fv.name: fv for fv in [*store.list_stream_feature_views(), *store.list_feature_views()]}
+            return read(FeatureStore(repo_path=str(repo)))
+        except ConfigError:
+            raise
         except Exception as exc:  # noqa: BLE001 - whatever Feast fails on is reported as the repo's config error
             # Feast validates feature_store.yaml with pydantic, whose message quotes the inputs: the online
             # store's, password included. Only locations and messages are reported, and the original is not
             # chained, since a printed traceback would show it.
             raise ConfigError(f"--feast-repo {repo}: Feast cannot read it: {describe_error(exc)}") from None
+
+
+def _read_with_feast(repo: Path) -> tuple[Any, dict[str, Any], Any, Any]:
+    """The repo's config and views as Feast reads them, with Feast's AvroFormat and KafkaSource classes."""
+    store, views = with_feature_store(repo, "--feast-repo", lambda store: (store, {
+        fv.name: fv for fv in [*store.list_stream_feature_views(), *store.list_feature_views()]}))
+    from feast.data_format import AvroFormat
+    from feast.data_source import KafkaSource
+
     return store.config, views, AvroFormat, KafkaSource
 
 
