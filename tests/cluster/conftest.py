@@ -9,6 +9,9 @@ reason; none is skipped. After each test, whatever it stopped, killed or paused 
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import time
 import uuid
@@ -146,3 +149,107 @@ def make_topic(request: pytest.FixtureRequest, kafka_admin: Any) -> Iterator[Cal
     if made:
         for future in kafka_admin.delete_topics(made).values():
             future.result(timeout=30)
+
+
+# --------------------------------------------------------------------------- the daemon on the cluster
+
+
+@pytest.fixture
+def cluster_keyspace(make_keyspace: Callable[[], str]) -> str:
+    """One RF 3 keyspace (NetworkTopologyStrategy in the cluster's data center) for the test's daemons."""
+    return make_keyspace()
+
+
+def cluster_options(cluster: local_cluster.ClusterEndpoints, keyspace: str) -> Any:
+    from consumer.cassandra.connection import CassandraOptions
+
+    return CassandraOptions(hosts=tuple(cluster.cql_hosts), port=cluster.cql_port, keyspace=keyspace,
+                            local_dc=cluster.datacenter, consistency="LOCAL_QUORUM", serial_consistency="LOCAL_SERIAL")
+
+
+@pytest.fixture
+def make_cluster_deployment(request: pytest.FixtureRequest, cluster: local_cluster.ClusterEndpoints, cql: Any,
+                            cluster_keyspace: str, kafka_admin: Any, tmp_path: Path
+                            ) -> Iterator[Callable[..., Any]]:
+    """A daemon configuration for the cluster (tests/cluster/support.daemon_config): its topics with three
+    replicas and min.insync.replicas=2 (the dead-letter topic too), and the view's table in the test's RF 3
+    keyspace, agreed on by all three nodes. The topics are deleted afterwards."""
+    from consumer.cassandra.writer import CassandraStore
+    from tests.cluster.support import daemon_config
+    from tests.daemon import Deployment
+    from tests.helpers import driver_view
+
+    made: list[Deployment] = []
+
+    def make(prefix: str, leaders: tuple[list[list[int]], list[int]] | None = None, **options: Any) -> Deployment:
+        """`leaders`: (the topic's replicas per partition, the dead-letter topic's), the first of each list
+        its preferred leader; by default the brokers spread them."""
+        extra = daemon_config(cluster)
+        for section, values in options.pop("extra", {}).items():
+            extra.setdefault(section, {}).update(values)
+        dep = Deployment(cluster, unique_name(request, prefix), cluster_keyspace, tmp_path, replicas=3,
+                         topic_config={"min.insync.replicas": "2"}, extra=extra, **options)
+        made.append(dep)
+        if leaders is None:
+            dep.create_topics()
+        else:
+            from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # re-exported
+
+            # (confluent-kafka 2.16 wants the partition count along with the assignment.)
+            topics = [NewTopic(dep.topic, len(leaders[0]), replica_assignment=leaders[0], config=dep.topic_config),
+                      NewTopic(dep.dead_letter_topic, 1, replica_assignment=[leaders[1]], config=dep.topic_config)]
+            for future in kafka_admin.create_topics(topics).values():
+                future.result(30)
+        dep.write_config()
+        if len(made) == 1:
+            store = CassandraStore(cluster_options(cluster, cluster_keyspace))
+            try:
+                store.create_schema([driver_view()], create_keyspace=False)
+            finally:
+                store.close()
+            wait_for_schema_agreement(cql)
+        return dep
+
+    yield make
+    for dep in made:
+        dep.close()
+    topics = [t for dep in made for t in (dep.topic, dep.dead_letter_topic)]
+    if topics:
+        for future in kafka_admin.delete_topics(topics).values():
+            with contextlib.suppress(Exception):  # best effort: the cluster is healed, but may be slow
+                future.result(timeout=30)
+
+
+@pytest.fixture
+def cluster_reader(cluster: local_cluster.ClusterEndpoints, cluster_keyspace: str) -> Iterator[Any]:
+    """Reads rows back as Feast would, at LOCAL_QUORUM: what a write acknowledged holds must be there."""
+    from consumer.cassandra.writer import CassandraStore
+
+    store = CassandraStore(cluster_options(cluster, cluster_keyspace))
+    yield store
+    store.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.cluster.support import REPORT
+
+    if not REPORT:
+        return
+    terminalreporter.section("cluster tier figures")
+    header = ("test", "events", "faults", "CAS timeouts", "other errors re-sent", "pauses (s)", "lost", "regressed",
+              "wrong", "poison", "dead letters", "seconds")
+    terminalreporter.write_line(" | ".join(header))
+    for f in REPORT:
+        v = f.verdict
+        others = ", ".join(f"{k} {n}" for k, n in f.errors.items() if k != "WriteTimeout/CAS") or "-"
+        pauses = f"{len(f.pauses)}" + (f" ({', '.join(f'{p:.1f}' for p in f.pauses)})" if f.pauses else "")
+        letters = f"{v.dead_letters} ({'complete' if v.dead_letters_complete else 'INCOMPLETE'}"
+        letters += f", {f.letters} messages)" if f.letters != v.dead_letters else ")"
+        terminalreporter.write_line(" | ".join(str(x) for x in (
+            v.test, v.events, f"{f.fault} ({v.faults})", f.cas_timeouts, others, pauses, v.lost, v.regressed,
+            v.wrong, v.poison, letters, f"{f.seconds:.0f}")))
+    path = os.environ.get("CLUSTER_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            for f in REPORT:
+                fh.write(json.dumps(f.row()) + "\n")
