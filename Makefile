@@ -7,8 +7,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# `make test` leaves the cluster tier out (it needs the three-node cluster); `make test-cluster` runs it alone.
+TEST_MARKERS ?= not cluster
+CLUSTER_PYTEST_ARGS ?=
 
-.PHONY: venv feast-venv tools demo test lint bench stack-up stack-down stack-status clean
+.PHONY: venv feast-venv tools demo test test-cluster lint bench stack-up stack-down stack-status cluster-down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
@@ -35,7 +38,11 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP) tools
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "$(TEST_MARKERS)" $(PYTEST_ARGS)
+
+# The cluster tier (tests/cluster): starts the three-node cluster if none runs, and stops what it started.
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster tests/cluster $(CLUSTER_PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check consumer stack tests bench examples
@@ -46,6 +53,9 @@ stack-up: $(STAMP)
 
 stack-down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m stack.localstack down; else $(PYTHON) -m stack.localstack down; fi
+
+cluster-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m stack.localstack down --cluster; else $(PYTHON) -m stack.localstack down --cluster; fi
 
 stack-status: $(STAMP)
 	$(BIN)/python -m stack.localstack status
