@@ -77,7 +77,9 @@ def connect(options: CassandraOptions) -> tuple[Any, Any]:
 
     o = options
     profile = ExecutionProfile(
-        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=o.local_dc)),
+        # Replicas shuffled: a request sent again after a timeout may go to another replica, so one hung
+        # node does not hold every write of the entities it is first replica for.
+        load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=o.local_dc), shuffle_replicas=True),
         consistency_level=ConsistencyLevel.name_to_value[o.consistency],
         serial_consistency_level=ConsistencyLevel.name_to_value[o.serial_consistency],
         request_timeout=o.request_timeout_s,

@@ -260,6 +260,7 @@ class WriteEngine(threading.Thread):
         job.report.requests += 1
         job.report.latencies.append(self._clock() - started)
         if error is None:
+            task.retries = 0  # answered: the failures in a row are over
             if self._troubled:
                 self._troubled = False
                 self._tell(None)

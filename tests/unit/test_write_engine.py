@@ -207,3 +207,31 @@ def test_a_node_that_hangs_is_reported_after_the_first_timeout_not_after_every_r
         assert isinstance(health[0], StoreUnavailable)
     finally:
         store.close()
+
+
+def test_failures_in_a_row_end_with_an_answer() -> None:
+    """Three timeouts, then an answer: a later timeout starts a new count, and does not tell the loop."""
+    jumped = [0.0]  # time goes on, and the test makes it jump
+    session = Session()
+    store = CassandraStore(CassandraOptions(keyspace="ks", cache_entries=0),
+                           clock=lambda: time.monotonic() + jumped[0], retry_backoff=Backoff(1, 5))
+    store._session = session
+    health: list[Any] = []
+    store.watch(health.append)
+    try:
+        submit(store, ["k1", "k2"])
+        first, second = session.take(2)
+        timeout = WriteTimeout("timed out", write_type=WriteType.CAS)
+        first.fail(timeout)
+        for _ in range(2):
+            [again] = session.take(1, timeout_s=10)
+            again.fail(timeout)
+        [again] = session.take(1, timeout_s=10)  # the third failure is taken in: its retry was sent
+        jumped[0] += 5.2
+        again.answer([{"[applied]": False, "event_ts": None}])  # an answer: the round learnt, not applied
+        [next_round] = session.take(1, timeout_s=10)
+        next_round.fail(timeout)  # one failure after the answer
+        time.sleep(0.3)
+        assert health == []
+    finally:
+        store.close()
