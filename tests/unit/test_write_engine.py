@@ -220,7 +220,7 @@ def test_failures_in_a_row_end_with_an_answer() -> None:
     store.watch(health.append)
     try:
         submit(store, ["k1", "k2"])
-        first, second = session.take(2)
+        first, _second = session.take(2)  # k2 stays in flight: only k1 fails
         timeout = WriteTimeout("timed out", write_type=WriteType.CAS)
         first.fail(timeout)
         for _ in range(2):
