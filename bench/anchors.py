@@ -7,7 +7,8 @@
       `execute_async` with callbacks (each answer sends the next), at the best of several windows.
 
 Both run on a keyspace seeded like ours (an older version of every entity), so every write is a guarded
-update. CPU is the whole process's, from /proc, during the timed part.
+update. CPU is the whole process's, from /proc, during the timed part. Each anchor, like the daemon,
+starts its timed part with the heap frozen (`consumer.app.settle_heap`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 from cassandra.concurrent import execute_concurrent
 
+from consumer.app import settle_heap
 from consumer.cassandra.schema import table_name
 from consumer.cassandra.writer import CassandraStore
 from consumer.core.guard import NULL_MS
@@ -81,6 +83,7 @@ def writer_alone(store: CassandraStore, view: FeatureView, rows: Sequence[Row], 
         done.release()
 
     store.write(view, _first(batches[0]))  # connect and prepare: not timed
+    settle_heap()  # as the daemon does before its loop
     cpu, started = process_cpu_s(), time.perf_counter()
     for batch in batches:
         store.submit(view, batch, finished)
@@ -137,6 +140,7 @@ def raw_loop(session: Any, keyspace: str, view: FeatureView, rows: Sequence[Row]
         failures.append(error)
         answered(None)
 
+    settle_heap()
     cpu, started = process_cpu_s(), time.perf_counter()
     for _ in range(min(window, len(rows))):
         send_next()

@@ -205,7 +205,7 @@ def run_ours(setup: Setup, name: str, records: Sequence[Record]) -> tuple[Probe,
     probe.stop = daemon.pipeline.stop
     cpu = process_cpu_s()
     try:
-        daemon.pipeline.run()
+        daemon.run()
     finally:
         daemon.close()
     cpu = process_cpu_s() - cpu
@@ -301,7 +301,7 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
     thread = threading.Thread(target=producer_thread, daemon=True)
     thread.start()
     try:
-        daemon.pipeline.run()
+        daemon.run()
     finally:
         daemon.close()
     thread.join()

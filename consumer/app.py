@@ -6,6 +6,7 @@ it needs (limits, policies, timeouts, connection options, librdkafka configurati
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ class Daemon:
     # Threads beside the loop: the lag collector and the Cassandra probe (with `serve_metrics`).
     monitors: list[_Service] = field(default_factory=list)
 
+    def run(self) -> None:
+        """Consume until the pipeline is stopped (see `Pipeline.run`)."""
+        settle_heap()
+        self.pipeline.run()
+
     def start_monitoring(self) -> None:
         for service in [*([self.server] if self.server else []), *self.monitors]:
             service.start()
@@ -55,6 +61,18 @@ class Daemon:
         self.store.close()
 
 
+def settle_heap() -> None:
+    """Move everything alive after start-up out of the cyclic garbage collector's sight.
+
+    The imports (pandas, the drivers) leave some 280,000 tracked objects. A full collection walks all of
+    them while holding the GIL: measured at 560 ms on the development machine, during which no write is
+    sent or answered, so it set the loop's p99 freshness. Frozen, they are never scanned again; what the
+    loop allocates afterwards is collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def registry_client(settings: Settings) -> RegistryClient | None:
     if settings.schema_registry is None:
         return None
@@ -64,7 +82,7 @@ def registry_client(settings: Settings) -> RegistryClient | None:
 
 def build(settings: Settings, serve_metrics: bool = True, extra_events: Events | None = None,
           stop: threading.Event | None = None) -> Daemon:
-    """The whole daemon for these settings; call `start_monitoring()` then `pipeline.run()`."""
+    """The whole daemon for these settings; call `start_monitoring()` then `run()`."""
     registry = registry_client(settings)
     decoders = topic_decoders(settings.views, registry)
     if registry is not None:

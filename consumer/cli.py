@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              __version__, settings.kafka.group_id, settings.topics, [v.name for v in settings.views],
              settings.metrics.host, port)
     try:
-        daemon.pipeline.run()
+        daemon.run()
     finally:
         daemon.close()
     log.info("stopped")
