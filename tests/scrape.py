@@ -144,8 +144,10 @@ class Sampler:
         return out
 
     def health_failures(self) -> list[Sample]:
-        """Samples whose `/healthz` did not answer 200, from the first one that did (start-up aside)."""
-        first = next((i for i, s in enumerate(self.samples) if s.health == 200), len(self.samples))
+        """Samples whose `/healthz` did not answer 200, from the first one that did (start-up aside); all of
+        them when none did. No sample at all is an error of the test, not a healthy daemon."""
+        assert self.samples, "the daemon was never sampled"
+        first = next((i for i, s in enumerate(self.samples) if s.health == 200), 0)
         return [s for s in self.samples[first:] if s.health != 200]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,3 +109,28 @@ def test_driver_errors_are_classified_by_their_type() -> None:
     for error in (Unauthorized("no"), AuthenticationFailed("no"), SyntaxException(0x2000, "bad", None),
                   ConfigurationException(0x2300, "bad", None)):
         assert classify(error) is Failure.FATAL, error
+
+
+def test_connect_routes_token_aware_with_replicas_shuffled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request sent again after a timeout may go to another replica: one hung node must not hold every
+    write of the entities it is the first replica for."""
+    import cassandra.cluster
+    from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+
+    from consumer.cassandra.connection import connect
+
+    made: list[dict[str, Any]] = []
+
+    class FakeCluster:
+        def __init__(self, hosts: list[str], **kwargs: Any) -> None:
+            made.append(kwargs)
+
+        def connect(self) -> str:
+            return "session"
+
+    monkeypatch.setattr(cassandra.cluster, "Cluster", FakeCluster)
+    _cluster, session = connect(CassandraOptions(hosts=("10.0.0.1",), local_dc="dc1"))
+    assert session == "session"
+    policy = made[0]["execution_profiles"][cassandra.cluster.EXEC_PROFILE_DEFAULT].load_balancing_policy
+    assert isinstance(policy, TokenAwarePolicy) and policy.shuffle_replicas is True
+    assert isinstance(policy._child_policy, DCAwareRoundRobinPolicy) and policy._child_policy.local_dc == "dc1"

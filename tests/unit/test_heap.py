@@ -5,10 +5,11 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 
-from consumer.app import settle_heap
+from consumer.app import Daemon, settle_heap
 
 
 class _Node:
@@ -40,3 +41,26 @@ def test_garbage_made_after_start_up_is_still_collected(unfrozen: None) -> None:
     del node
     gc.collect()
     assert ref() is None
+
+
+def test_garbage_left_by_start_up_is_collected_not_frozen(unfrozen: None) -> None:
+    node = _Node()
+    node.me = node
+    ref = weakref.ref(node)
+    del node
+    settle_heap()
+    assert ref() is None
+
+
+def test_the_daemon_freezes_its_heap_before_the_loop_runs(unfrozen: None) -> None:
+    frozen_when_run: list[int] = []
+
+    class Loop:
+        def run(self) -> None:
+            frozen_when_run.append(gc.get_freeze_count())
+
+    daemon = Daemon(pipeline=cast(Any, Loop()), store=cast(Any, None), dead_letters=cast(Any, None),
+                    metrics=cast(Any, None), server=None)
+    assert gc.get_freeze_count() == 0
+    daemon.run()
+    assert frozen_when_run and frozen_when_run[0] > 0

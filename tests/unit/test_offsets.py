@@ -38,6 +38,13 @@ class FakeConsumer:
         self._failed = failed or set()
         self.moving_for = moving_for  # answers with NOT_COORDINATOR this many times first
         self.watermark_requests: list[Any] = []
+        self.joined: list[str] = []  # subscribe() or assign() called: the handle would take part in the group
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> None:
+        self.joined.append("subscribe")
+
+    def assign(self, *args: Any, **kwargs: Any) -> None:
+        self.joined.append("assign")
 
     def list_topics(self, timeout: float) -> _Metadata:
         return _Metadata(len(self._committed))
@@ -94,6 +101,7 @@ def test_the_lag_command_retries_while_the_coordinator_moves_and_gives_up_on_a_f
 
 def test_the_reader_never_joins_the_group() -> None:
     consumer = FakeConsumer({}, {0: 1})
-    reader(consumer)
+    r = reader(consumer)
+    r.read([TOPIC], timeout_s=5)
     assert consumer.conf["group.id"] == "g" and consumer.conf["enable.auto.commit"] is False
-    assert not hasattr(consumer, "subscribe")
+    assert consumer.joined == []
