@@ -7,7 +7,7 @@ Feast keys and values, against two anchors measured in the same run over the sam
       (b') the same with the timestamp logical types removed (integers out, no conversion at all), the
       limit of decoding alone, which does none of our mapping, coalescing or Feast encoding.
 
-Targets (issue: decode): ours >= 3x (a) and >= 70% of (b).
+Targets: ours >= 3x (a) and >= 70% of (b).
 
     .venv/bin/python -m bench.decode            # starts the schema registry of the local stack if needed
 """

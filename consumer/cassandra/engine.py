@@ -8,8 +8,8 @@ one queue to this thread, which owns every piece of write state (so none of it n
   the later record still wins a full tie;
 * the stale cache: an entity whose stored version is known to be newer needs no request;
 * retries: a request that failed for a reason of the world's is sent again after a pause (the same
-  round: after an unknown outcome the guard makes that safe); after `MAX_RETRIES` in a row the
-  health listener is told, and the request goes on being retried at the longest pause until it is
+  round: after an unknown outcome the guard makes that safe); after more than `MAX_RETRIES` in a
+  row the health listener is told, and the request goes on being retried at the longest pause until it is
   answered. A submission made with `give_up` fails then instead (StoreUnavailable in its report).
 """
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 6
 # The pause before a round is sent again after a transient error: 100 ms, doubling, at most 2 s.
 RETRY_BACKOFF = Backoff(100, 2000)
-# The loop hears of a failure after MAX_RETRIES in a row, or once a write has been failing this long,
+# The loop hears of a failure once more than MAX_RETRIES came in a row, or once a write has been failing this long,
 # whichever comes first (a node that hangs fails each request only after the request timeout).
 TROUBLE_AFTER_S = 5.0
 
@@ -304,7 +304,7 @@ class WriteEngine(threading.Thread):
         heapq.heappush(self._waiting, _Retry(self._clock() + delay_ms / 1000, next(self._seq), entry))
 
     def _trouble(self, error: TransientError, failures: int, failing_since: float, delay_ms: int) -> None:
-        """Tell the loop, once, when writes have failed MAX_RETRIES times in a row or for TROUBLE_AFTER_S."""
+        """Tell the loop, once, when a write has failed more than MAX_RETRIES times in a row or for TROUBLE_AFTER_S."""
         if self._troubled or (failures <= MAX_RETRIES and self._clock() - failing_since < TROUBLE_AFTER_S):
             return
         self._troubled = True

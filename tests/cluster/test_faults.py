@@ -186,11 +186,10 @@ def test_one_cassandra_node_hangs_20s(
           f"pauses {describe_pauses(pauses)}; errors re-sent {write_errors([sampler])}")
     assert all(p.seconds <= MAX_PAUSE_WITH_QUORUM_S for p in pauses), describe_pauses(pauses)
     assert_healthy_throughout(sampler)
-    # Not asserted, reported: how much got through while a quorum answered. The driver's TokenAwarePolicy
-    # (consumer/cassandra/connection.py) is built without shuffle_replicas, so every request of an entity,
-    # its retries included, goes to the entity's first replica; those whose first replica hangs wait for it
-    # (request_timeout_s, again and again), and the batches holding them (batch.max_in_flight) hold up the
-    # commits of every other write until the node answers again.
+    # Not asserted, reported: how much got through while a quorum answered. Replicas are shuffled
+    # (consumer/cassandra/connection.py), so a request that timed out on the hung node is sent again to
+    # another one; each such request still waits request_timeout_s first, and the batches holding those
+    # writes (batch.max_in_flight) hold up the commits of the others meanwhile.
     verdict("one Cassandra node hangs 20 s", f"SIGSTOP {victim} 20 s", deployment, cluster_reader,
             stream.produced, stream.where, 1, [sampler], daemons, started,
             notes=[f"{progress} records committed during the hang"])

@@ -193,8 +193,8 @@ def test_entity_keys_match_feast(feast_oracle: Any, version: int, data: st.DataO
     compare(feast_oracle, keys, key_values, [("conv_rate", "Float32")], {"conv_rate": [0.5] * n}, version)
 
 
-def test_reference_vectors_from_the_issue(feast_oracle: Any) -> None:
-    """The vectors quoted in the decode issue, checked against Feast and against our encoder."""
+def test_reference_vectors(feast_oracle: Any) -> None:
+    """Reference vectors (hand-derived Feast encodings), checked against Feast and against our encoder."""
     compare(feast_oracle, [("driver_id", "INT64")], {"driver_id": [1001]}, [("f", "Float32")], {"f": [1.0]}, 3)
     view = make_view([("driver_id", "INT64")], [("a", "Float32"), ("b", "Int64"), ("c", "Int64")], 3)
     frame = pd.DataFrame({
