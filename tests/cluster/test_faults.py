@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from consumer.config.sections import CassandraSettings
 from stack import cluster as local_cluster
 from tests.cluster.support import (
     CAS_TIMEOUT,
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.cluster
 
 BATCH = {"max_records": 200, "max_wait_ms": 100}
 # The daemon's cassandra.request_timeout_s (its default): the longest a request waits for an answer.
-REQUEST_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = float(CassandraSettings.model_fields["request_timeout_s"].default)
 # "No pause beyond its timeouts": with a quorum up, a pause (if any) lasts at most about one client-side
 # request timeout and the retry pauses after it.
 MAX_PAUSE_WITH_QUORUM_S = REQUEST_TIMEOUT_S + 5

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from consumer.config.sections import MetricsSettings
 from stack import localstack
 from tests.daemon import Daemon, Deployment, SlowProducer
 from tests.helpers import free_port, wait_for
@@ -28,7 +29,7 @@ from tests.workload import generate
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 
 HANG_S = 80
-LAG_INTERVAL_S = 5.0  # metrics.lag_interval_s, its default
+LAG_INTERVAL_S = float(MetricsSettings.model_fields["lag_interval_s"].default)  # the daemon runs with it
 # A log end offset exported at time t must be at least what the brokers had at t - FRESH_WITHIN_S: one
 # collection interval, plus the collection's own time and one sample's.
 FRESH_WITHIN_S = LAG_INTERVAL_S + 3.0
