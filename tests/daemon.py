@@ -170,7 +170,13 @@ def members(admin: AdminClient, group: str) -> dict[str, set[int]]:
     return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions} for m in description.members}
 
 
-def wait_members(admin: AdminClient, group: str, count: int, timeout_s: float = 60) -> dict[str, set[int]]:
+def wait_members(admin: AdminClient, group: str, count: int, partitions: int,
+                 timeout_s: float = 60) -> dict[str, set[int]]:
+    """Until the group has `count` members, each holding a partition, and together all `partitions`.
+
+    The cooperative assignor rebalances in two steps (revoke, then assign): a member count alone can be
+    reached while partitions are still unowned (a member just left, the survivor not yet given its).
+    """
     deadline = time.monotonic() + timeout_s
     seen: dict[str, set[int]] = {}
     while time.monotonic() < deadline:
@@ -182,10 +188,11 @@ def wait_members(admin: AdminClient, group: str, count: int, timeout_s: float = 
                 raise
             time.sleep(0.3)
             continue
-        if len(seen) == count and all(seen.values()):
+        if len(seen) == count and all(seen.values()) and set().union(*seen.values()) == set(range(partitions)):
             return seen
         time.sleep(0.3)
-    raise AssertionError(f"group {group} did not settle on {count} members with partitions: {seen}")
+    raise AssertionError(f"group {group} did not settle on {count} members owning its {partitions} partitions: "
+                         f"{seen}")
 
 
 def committed_total(deployment: Deployment) -> int:

@@ -125,7 +125,8 @@ def test_consumers_scaled_1_3_1_during_the_stream(deployment, reader, daemons, r
     wait_for_progress(deployment)
     daemons.append(Daemon(deployment, "b"))
     daemons.append(Daemon(deployment, "c"))
-    wait_members(admin, deployment.group, 3, timeout_s=90)  # all three hold partitions mid-stream
+    # All three hold partitions mid-stream.
+    wait_members(admin, deployment.group, 3, deployment.partitions, timeout_s=90)
     assert not producer.done.is_set()
     assert daemons[1].terminate() == 0
     assert daemons[2].terminate() == 0

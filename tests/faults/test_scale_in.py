@@ -27,14 +27,14 @@ def test_sigterm_to_one_of_two_consumers_under_load(
     producer = SlowProducer(deployment, [events[i:i + 300] for i in range(0, len(events), 300)], pause_s=0.7)
     daemons.append(Daemon(deployment, "stays"))
     daemons.append(Daemon(deployment, "leaves"))
-    two = wait_members(admin, deployment.group, 2)
+    two = wait_members(admin, deployment.group, 2, deployment.partitions)
     assert set().union(*two.values()) == set(range(deployment.partitions))
 
     producer.start()
     time.sleep(2.5)  # mid-stream: both consumers have records in flight
     assert not producer.done.is_set()
     assert daemons[1].terminate() == 0  # drained, committed and left within its drain timeout
-    one = wait_members(admin, deployment.group, 1)
+    one = wait_members(admin, deployment.group, 1, deployment.partitions)
     assert next(iter(one.values())) == set(range(deployment.partitions))  # rebalanced onto the survivor
 
     producer.join()
