@@ -15,6 +15,7 @@ Exit codes: 0 success; 1 a check failed or an unexpected error; 2 the configurat
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -286,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: STOP.set())
+    # `kill -USR1` prints every thread's stack to stderr and lets the process go on: what a daemon that
+    # looks stuck is doing, even while its loop waits inside librdkafka or the driver.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -134,7 +134,8 @@ class Deployment:
             for daemon in daemons:
                 daemon.assert_alive()
             time.sleep(0.5)
-        raise AssertionError(f"group {self.group} did not catch up in {timeout_s}s: {self.lag()}")
+        diagnoses = "".join(f"\n--- {d.log_path.name}: stacks and last log lines\n{d.diagnose()}" for d in daemons)
+        raise AssertionError(f"group {self.group} did not catch up in {timeout_s}s: {self.lag()}{diagnoses}")
 
     def dead_letters(self, expected: int, timeout_s: float = 30) -> list[Any]:
         """Every record on the dead-letter topic, read up to its log end (duplicates included: at-least-once).
@@ -258,6 +259,16 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
+
+    def diagnose(self, lines: int = 200) -> str:
+        """Every thread's stack (the daemon prints them on SIGUSR1 and goes on) after its last log lines,
+        librdkafka's repeated reconnect attempts left out."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+        kept = [line for line in self.log_path.read_text(errors="replace").splitlines()
+                if "Connection refused" not in line]
+        return "\n".join(kept[-lines:])
 
     def terminate(self, timeout_s: float = 30) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -8,6 +8,7 @@ scaled up and down, and the registry and the dead-letter topic disappear for a w
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import signal
 import time
@@ -97,7 +98,9 @@ def test_cassandra_stopped_mid_stream(deployment, reader, daemons, running, reco
 def test_kafka_broker_restarted_mid_stream(deployment, reader, daemons, running, record_figures) -> None:
     first = generate(entities=300, events_per_entity=4, seed=34)
     where = deployment.produce(first)
-    daemons.append(Daemon(deployment))
+    # With librdkafka's consumer-group debug log: seen once (in ~15 runs), the daemon was never assigned
+    # its partitions again after losing them; should that recur, its log shows where the group's join stood.
+    daemons.append(Daemon(deployment, env={"FEATURE_CONSUMER_KAFKA__SETTINGS": json.dumps({"debug": "cgrp"})}))
     wait_for_progress(deployment)
     localstack.stop_service("kafka")
     running.append(lambda: localstack._read_pid("kafka") or localstack.start_service("kafka"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.daemon import Deployment
+from tests.daemon import Daemon, Deployment
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -97,6 +97,27 @@ def test_sigterm_during_start_up_exits_cleanly(stack, keyspace, tmp_path: Path) 
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_daemon_goes_on(stack, keyspace, tmp_path: Path) -> None:
+    import signal
+
+    dep = Deployment(stack, f"t_{uuid.uuid4().hex[:8]}", keyspace, tmp_path)
+    dep.create_topics()
+    dep.write_config()
+    daemon = Daemon(dep)
+    try:
+        wait_for(lambda: "assigned [" in daemon.log(), timeout_s=60, what="the loop to hold its partitions")
+        daemon.proc.send_signal(signal.SIGUSR1)
+        # Every thread's stack, the loop's own among them (faulthandler writes them from its signal
+        # handler, one after another); the signal stopped nothing.
+        wait_for(lambda: "consumer/pipeline.py" in daemon.log_path.read_text(), timeout_s=10,
+                 what="the loop's stack")
+        assert "most recent call first" in daemon.log_path.read_text()
+        daemon.assert_alive()
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
 
 
 def handles_sigterm(pid: int) -> bool:
