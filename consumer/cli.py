@@ -288,8 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: STOP.set())
     # `kill -USR1` prints every thread's stack to stderr and lets the process go on: what a daemon that
-    # looks stuck is doing, even while its loop waits inside librdkafka or the driver.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # looks stuck is doing, even while its loop waits inside librdkafka or the driver. Written to file
+    # descriptor 2, the process's stderr: `sys.stderr` may have been replaced by something that is not a
+    # file (a caller capturing it).
+    faulthandler.register(signal.SIGUSR1, file=2, all_threads=True)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
