@@ -6,11 +6,13 @@ The offline data: a parquet file source of `--rows` driver_hourly_stats rows ove
 run from the Feast virtualenv (stack/feastenv.py) as subprocesses, each on a Feast repo of its own (the same
 definitions, a fresh keyspace and project per run) made with `feast apply` beforehand; a run is timed from
 the command's start to its exit, so Feast's import and the offline read count for both. Rounds alternate
-which goes first. Figures: offline rows per second (the file's rows over the run's wall time), the CPU time
-of the command's process and of the local Cassandra meanwhile (from /proc: it includes whatever else
-uses that Cassandra), medians of the rounds.
+which goes first; `--warmup` rounds (one by default) run first and are not counted, since the first
+command on a freshly started Cassandra pays for compiling its Paxos path. Figures: offline rows per
+second (the file's rows over the run's wall time), the CPU time of the command's process and of the
+local Cassandra meanwhile (from /proc: it includes whatever else uses that Cassandra), medians of the
+rounds.
 
-    .venv/bin/python -m bench.materialize            # --rows 100000 --entities 20000 --rounds 2
+    .venv/bin/python -m bench.materialize            # --rows 100000 --entities 20000 --rounds 2 --warmup 1
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--entities", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="rounds of both commands run first and not counted (a freshly started "
+                             "Cassandra compiles its Paxos path during the first one)")
     args = parser.parse_args()
 
     python = feastenv.ensure(with_project=True)
@@ -133,7 +138,7 @@ def main() -> None:
     server_cpu: dict[str, list[float]] = {name: [] for name in tools}
     keyspaces: list[str] = []
     try:
-        for round_ in range(args.rounds):
+        for round_ in range(-args.warmup, args.rounds):
             order = list(tools) if round_ % 2 == 0 else list(reversed(tools))
             for name in order:
                 keyspace = f"bench_mat_{uuid.uuid4().hex[:8]}"
@@ -144,10 +149,14 @@ def main() -> None:
                 run(python, ["feast", "apply"], repo)
                 took, client, server = run(python, tools[name](repo), repo)
                 stored = session.execute(f"SELECT count(*) FROM {keyspace}.{_table(repo)}").one()[0]
-                print(json.dumps({"round": round_, "tool": name, "seconds": round(took, 2),
+                print(json.dumps({"round": round_ if round_ >= 0 else "warm-up", "tool": name,
+                                  "seconds": round(took, 2),
                                   "offline_rows_per_s": round(args.rows / took), "client_cpu_s": round(client, 1),
                                   "cassandra_cpu_s": None if server is None else round(server, 1),
                                   "cells": stored}), file=sys.stderr, flush=True)
+                drop(session, keyspace)
+                if round_ < 0:
+                    continue
                 seconds[name].append(took)
                 cpu[name].append(client)
                 if server is not None:
@@ -160,8 +169,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     ours = statistics.median(seconds["feature-consumer materialize"])
-    print(f"\n{args.rows:,} offline rows over {args.entities:,} entities, medians of {args.rounds} rounds "
-          "(wall time of the command, Feast's import included for both):\n")
+    print(f"\n{args.rows:,} offline rows over {args.entities:,} entities, medians of {args.rounds} rounds after "
+          f"{args.warmup} uncounted (wall time of the command, Feast's import included for both):\n")
     print("| command | seconds | offline rows/s | ours / this | its CPU s | Cassandra CPU s |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, times in seconds.items():
@@ -172,7 +181,7 @@ def main() -> None:
     print("\nrounds (seconds): " + "; ".join(f"{name} {', '.join(f'{t:.1f}' for t in times)}"
                                            for name, times in seconds.items()))
     print(f"\nreproduce: .venv/bin/python -m bench.materialize --rows {args.rows} --entities {args.entities} "
-          f"--rounds {args.rounds}")
+          f"--rounds {args.rounds} --warmup {args.warmup}")
 
 
 def drop(session: Any, keyspace: str) -> None:
