@@ -21,7 +21,7 @@ from consumer.core.dtypes import DTYPES, Dtype, Kind
 from consumer.core.guard import NULL_MS
 from consumer.core.policy import Limits
 from consumer.core.views import FeatureView
-from consumer.feast import frame as rowmod
+from consumer.feast.frame import Column
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -77,7 +77,7 @@ class Plan:
 
 @dataclass
 class Part:
-    columns: dict[str, pd.Series]
+    columns: dict[str, Column]  # the push frame's columns, in its order
     event_ms: npt.NDArray[np.int64]
     created_ms: npt.NDArray[np.int64]
     positions: npt.NDArray[np.int64]
@@ -207,28 +207,28 @@ def _list_values(p: ColumnPlan, raw: list[Any], limits: Limits, problems: _Probl
     return out
 
 
-def _column(p: ColumnPlan, raw: list[Any], limits: Limits, problems: _Problems, what: str) -> pd.Series:
+def _column(p: ColumnPlan, raw: list[Any], limits: Limits, problems: _Problems, what: str) -> Column:
     """Map one column of decoded values to a push-frame column, recording what is wrong."""
     dtype = p.dtype
     if dtype.is_list:
-        return rowmod.feature_series(dtype, _list_values(p, raw, limits, problems, what))
+        return Column(dtype, _list_values(p, raw, limits, problems, what))
     if dtype.kind in (Kind.STRING, Kind.BYTES):
-        return rowmod.feature_series(dtype, _text_values(p, raw, limits, problems, what))
+        return Column(dtype, _text_values(p, raw, limits, problems, what))
     nulls = None
     if p.nullable and None in raw:
         nulls = np.fromiter((v is None for v in raw), dtype=np.bool_, count=len(raw))
     if dtype.kind in (Kind.FLOAT32, Kind.FLOAT64):
-        return rowmod.feature_series(dtype, np.array(raw, dtype=np.float64))
+        return Column(dtype, np.array(raw, dtype=np.float64))
     if dtype.kind is Kind.BOOL:
-        return rowmod.feature_series(dtype, np.array([bool(v) for v in raw], dtype=np.bool_), nulls)
+        return Column(dtype, np.array([bool(v) for v in raw], dtype=np.bool_), nulls)
     ints = _ints(p, raw, problems, what)
     if dtype.kind is Kind.INT32:
         problems.add_mask((ints < INT32_MIN) | (ints > INT32_MAX),
                           lambda i: f"{what} {p.column!r}: {ints[i]} is outside the Int32 range")
         ints = np.where((ints < INT32_MIN) | (ints > INT32_MAX), 0, ints)
     if dtype.kind is Kind.UNIX_TIMESTAMP:
-        return rowmod.feature_series(dtype, _to_micros(p, ints, problems, what), nulls)
-    return rowmod.feature_series(dtype, ints, nulls)
+        return Column(dtype, _to_micros(p, ints, problems, what), nulls)
+    return Column(dtype, ints, nulls)
 
 
 def _timestamps(
@@ -251,7 +251,7 @@ def map_columns(plan: Plan, raw_columns: Mapping[str, list[Any]], positions: Seq
     position (from `positions`) and reason of every record refused. None when every record was refused."""
     n = len(positions)
     problems = _Problems(n)
-    columns: dict[str, pd.Series] = {}
+    columns: dict[str, Column] = {}
 
     for p in plan.keys:
         raw = raw_columns[p.column]
@@ -283,12 +283,12 @@ def map_columns(plan: Plan, raw_columns: Mapping[str, list[Any]], positions: Seq
         columns[p.column] = _column(p, raw_columns[p.column], limits, problems, "feature")
 
     view = plan.view
-    event_series = rowmod.micros_to_series(np.where(problems.bad, 0, event_ms) * 1000)
+    stamp = DTYPES["UnixTimestamp"]
     frame_cols = {name: columns[name] for name, _ in view.join_keys}
-    frame_cols[view.timestamp_field] = event_series
+    frame_cols[view.timestamp_field] = Column(stamp, np.where(problems.bad, 0, event_ms) * 1000)
     if view.created_timestamp_field:
-        frame_cols[view.created_timestamp_field] = rowmod.micros_to_series(
-            np.where(created_ms == NULL_MS, 0, created_ms) * 1000, created_ms == NULL_MS
+        frame_cols[view.created_timestamp_field] = Column(
+            stamp, np.where(created_ms == NULL_MS, 0, created_ms) * 1000, created_ms == NULL_MS
         )
     for feature in view.features:
         frame_cols[feature.name] = columns[feature.name]
@@ -299,7 +299,8 @@ def map_columns(plan: Plan, raw_columns: Mapping[str, list[Any]], positions: Seq
         return None, bad
     kept = np.asarray(positions, dtype=np.int64)
     if problems.bad.any():
-        frame_cols = {k: v[keep].reset_index(drop=True) for k, v in frame_cols.items()}
+        rows = np.flatnonzero(keep)
+        frame_cols = {k: v.take(rows) for k, v in frame_cols.items()}
         return Part(frame_cols, event_ms[keep], created_ms[keep], kept[keep]), bad
     return Part(frame_cols, event_ms, created_ms, kept), bad
 

@@ -11,6 +11,7 @@ guard compares what Cassandra stores, so two events in the same millisecond are 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,6 @@ from consumer.feast import values as feast_values
 
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
 
 
 # --------------------------------------------------------------------------- columns -> frame
@@ -64,6 +64,78 @@ def feature_series(dtype: Dtype, values: Any, nulls: BoolArray | None = None) ->
     if nulls is not None and nulls.any():
         return pd.Series(pd.arrays.IntegerArray(arr_i, np.asarray(nulls, np.bool_)))
     return pd.Series(arr_i)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One push-frame column of a batch as the decode path maps it, kept out of pandas.
+
+    `values` and `nulls` are what `feature_series` takes. A stream micro-batch is often a handful of
+    records, for which building Series and a DataFrame costs more than all the rest of its decoding:
+    `codec()` gives what `column_for_codec` would give for `series()`, directly for scalar dtypes.
+    """
+
+    dtype: Dtype
+    values: Any  # numpy for numbers, bools and timestamps (microseconds); a list for text and lists
+    nulls: BoolArray | None = None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def series(self) -> pd.Series:
+        return feature_series(self.dtype, self.values, self.nulls)
+
+    def codec(self) -> tuple[Any, BoolArray | None]:
+        return codec_values(self.dtype, self.values, self.nulls)
+
+    def take(self, index: Int64Array) -> Column:
+        values = self.values[index] if isinstance(self.values, np.ndarray) else [self.values[i] for i in index.tolist()]
+        return Column(self.dtype, values, None if self.nulls is None else self.nulls[index])
+
+    @staticmethod
+    def concat(columns: list[Column]) -> Column:
+        first = columns[0]
+        if isinstance(first.values, np.ndarray):
+            values: Any = np.concatenate([c.values for c in columns])
+        else:
+            values = [v for c in columns for v in c.values]
+        nulls = None
+        if any(c.nulls is not None for c in columns):
+            nulls = np.concatenate([np.zeros(len(c), np.bool_) if c.nulls is None else c.nulls for c in columns])
+        return Column(first.dtype, values, nulls)
+
+
+def codec_values(dtype: Dtype, values: Any, nulls: BoolArray | None = None) -> tuple[Any, BoolArray | None]:
+    """`column_for_codec(dtype, feature_series(dtype, values, nulls))`, without the Series for scalars.
+
+    Equal to it value for value (tests/unit/test_codec.py holds the two side by side); lists still go
+    through the Series, whose conversions they need.
+    """
+    kind = dtype.kind
+    if dtype.is_list:
+        return column_for_codec(dtype, feature_series(dtype, values, nulls))
+    if kind in (Kind.STRING, Kind.BYTES):
+        return [None if v is None or (isinstance(v, float) and v != v) else v for v in values], None
+    some_null = nulls is not None and bool(nulls.any())
+    if kind is Kind.UNIX_TIMESTAMP:
+        stamps = np.asarray(values, dtype=np.int64).astype("datetime64[us]")
+        if some_null:
+            stamps[nulls] = np.datetime64("NaT")
+        return stamps.astype("datetime64[s]").astype(np.int64), None
+    if kind in (Kind.FLOAT32, Kind.FLOAT64):
+        floats = np.array(values, dtype=np.float32 if kind is Kind.FLOAT32 else np.float64)
+        if some_null:
+            floats[nulls] = np.nan
+        out = floats.astype(np.float64)
+        return out, np.isnan(out)
+    mask = np.array(nulls, dtype=np.bool_) if some_null else np.zeros(len(values), dtype=np.bool_)
+    if kind is Kind.BOOL:
+        bools = np.array(values, dtype=np.bool_)
+        bools[mask] = False
+        return bools, mask
+    ints = np.array(values, dtype=np.int32 if kind is Kind.INT32 else np.int64).astype(np.int64)
+    ints[mask] = 0
+    return ints, mask
 
 
 # --------------------------------------------------------------------------- frame -> encoded rows
@@ -148,16 +220,20 @@ def column_for_codec(dtype: Dtype, column: pd.Series) -> tuple[Any, BoolArray | 
 
 
 def key_columns(view: FeatureView, frame: pd.DataFrame) -> list[Any]:
-    out: list[Any] = []
-    for name, dtype in view.join_keys:
-        values, _ = column_for_codec(dtype, frame[name])
-        out.append(values)
-    return out
+    return [column_for_codec(dtype, frame[name])[0] for name, dtype in view.join_keys]
 
 
 def entity_keys(view: FeatureView, frame: pd.DataFrame) -> list[str]:
     return feast_keys.entity_key_hex(
         view.join_keys, key_columns(view, frame), view.entity_key_serialization_version
+    )
+
+
+def entity_keys_of(view: FeatureView, columns: dict[str, Column]) -> list[str]:
+    """Hex entity keys from a batch's mapped columns (as `entity_keys` from its frame)."""
+    return feast_keys.entity_key_hex(
+        view.join_keys, [columns[name].codec()[0] for name, _ in view.join_keys],
+        view.entity_key_serialization_version,
     )
 
 
@@ -181,13 +257,21 @@ def encode_frame(
             created_ms, _ = timestamps_ms(frame[view.created_timestamp_field])
         else:
             created_ms = np.full(len(frame), NULL_MS, dtype=np.int64)
-    values = {}
-    for feature in view.features:
-        data, nulls = column_for_codec(feature.dtype, frame[feature.name])
-        values[feature.name] = feast_values.encode_values(feature.dtype, data, nulls)
-    return EncodedRows(
-        entity_keys=keys if keys is not None else entity_keys(view, frame),
-        event_ms=event_ms,
-        created_ms=created_ms,
-        values=values,
-    )
+    codec = {f.name: column_for_codec(f.dtype, frame[f.name]) for f in view.features}
+    return encode_codec(view, codec, keys if keys is not None else entity_keys(view, frame), event_ms, created_ms)
+
+
+def encode_columns(
+    view: FeatureView, columns: dict[str, Column], keys: list[str] | None, event_ms: Int64Array,
+    created_ms: Int64Array,
+) -> EncodedRows:
+    """Serialize a batch's mapped columns for the online store (as `encode_frame` their frame)."""
+    codec = {f.name: columns[f.name].codec() for f in view.features}
+    return encode_codec(view, codec, keys if keys is not None else entity_keys_of(view, columns), event_ms,
+                        created_ms)
+
+
+def encode_codec(view: FeatureView, codec: dict[str, tuple[Any, BoolArray | None]], keys: list[str],
+                 event_ms: Int64Array, created_ms: Int64Array) -> EncodedRows:
+    values = {f.name: feast_values.encode_values(f.dtype, *codec[f.name]) for f in view.features}
+    return EncodedRows(entity_keys=keys, event_ms=event_ms, created_ms=created_ms, values=values)
