@@ -115,7 +115,7 @@ def codec_values(dtype: Dtype, values: Any, nulls: BoolArray | None = None) -> t
     if dtype.is_list:
         return column_for_codec(dtype, feature_series(dtype, values, nulls))
     if kind in (Kind.STRING, Kind.BYTES):
-        return [None if v is None or (isinstance(v, float) and v != v) else v for v in values], None
+        return [_none_if_missing(v) for v in values], None
     some_null = nulls is not None and bool(nulls.any())
     if kind is Kind.UNIX_TIMESTAMP:
         stamps = np.asarray(values, dtype=np.int64).astype("datetime64[us]")
@@ -223,18 +223,17 @@ def key_columns(view: FeatureView, frame: pd.DataFrame) -> list[Any]:
     return [column_for_codec(dtype, frame[name])[0] for name, dtype in view.join_keys]
 
 
+def _hex_keys(view: FeatureView, key_values: list[Any]) -> list[str]:
+    return feast_keys.entity_key_hex(view.join_keys, key_values, view.entity_key_serialization_version)
+
+
 def entity_keys(view: FeatureView, frame: pd.DataFrame) -> list[str]:
-    return feast_keys.entity_key_hex(
-        view.join_keys, key_columns(view, frame), view.entity_key_serialization_version
-    )
+    return _hex_keys(view, key_columns(view, frame))
 
 
 def entity_keys_of(view: FeatureView, columns: dict[str, Column]) -> list[str]:
     """Hex entity keys from a batch's mapped columns (as `entity_keys` from its frame)."""
-    return feast_keys.entity_key_hex(
-        view.join_keys, [columns[name].codec()[0] for name, _ in view.join_keys],
-        view.entity_key_serialization_version,
-    )
+    return _hex_keys(view, [columns[name].codec()[0] for name, _ in view.join_keys])
 
 
 def encode_frame(
