@@ -4,7 +4,7 @@ while it reads and decodes on.
 One record's way, in one direction:
 
     KafkaSource.poll -> Intake            a queue per partition; a partition holding its share is paused
-        -> BatchPolicy.send_now           at once while the writer is idle; gathered while it is busy
+        -> BatchPolicy.send_now           at once while the writer has room; gathered while it is full
         -> assemble                       decode, map, coalesce, encode; bad records become `Rejected`
         -> Store.submit                   guarded writes on the writer's thread, one outcome per row
            DeadLetters.send               rejected records (and rows Cassandra refused), acknowledged by Kafka
@@ -90,6 +90,7 @@ class Pipeline(RebalanceListener):
         self._stop = stop or threading.Event()
         answers = self._answers
         store.watch(lambda error: answers.put(("health", error)))
+        store.on_room(lambda: answers.put(("room",)))
         self.source = source_factory(self)
 
     # ------------------------------------------------------------------ running
@@ -133,7 +134,11 @@ class Pipeline(RebalanceListener):
             return False
         oldest = self.intake.oldest()
         return self.policy.send_now(int(now * 1000), None if oldest is None else int(oldest * 1000),
-                                    self.intake.records, self.intake.bytes, len(self.flights))
+                                    self.intake.records, self.intake.bytes, len(self.flights), *self._writer_load())
+
+    def _writer_load(self) -> tuple[int, int]:
+        """Rows the writer holds without an outcome, and its window (full: it tells the loop of room)."""
+        return (self.store.pending(), self.store.window) if self.flights else (0, 0)
 
     def _wait_s(self, now: float) -> float:
         waits = [MAX_WAIT_S, BUSY_WAIT_S if self.flights or self.commits.pending else MAX_WAIT_S]
@@ -141,7 +146,7 @@ class Pipeline(RebalanceListener):
             waits.append(max(0.0, self.troubles.retry_at - now))
         oldest = self.intake.oldest()
         if oldest is not None and not self.troubles:
-            wait_ms = self.policy.wait_ms(int(now * 1000), int(oldest * 1000), len(self.flights))
+            wait_ms = self.policy.wait_ms(int(now * 1000), int(oldest * 1000), len(self.flights), *self._writer_load())
             if wait_ms is not None:
                 waits.append(wait_ms / 1000)
         return max(0.0, min(waits))
@@ -220,6 +225,9 @@ class Pipeline(RebalanceListener):
         if not self.flights.any_unsent_letters():
             self._recovered("dead letters")
         self._finish_if_done(flight)
+
+    def _on_room(self) -> None:
+        """The writer has room again: the next turn sends what waits (nothing else to do here)."""
 
     def _on_health(self, error: TransientError | None) -> None:
         if error is None:

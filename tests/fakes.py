@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from consumer.core.errors import DeadLetterUnavailable, StoreUnavailable
@@ -33,6 +33,10 @@ class FakeStore:
         self.submitted: list[EncodedRows] = []
         self.abandoned: set[int] = set()
         self.health: HealthListener | None = None
+        # With one request "in flight", the fake writer has room only while it holds nothing.
+        self.window = 1
+        self.room: Callable[[], None] | None = None
+        self._room_wanted = False
 
     @property
     def down(self) -> bool:
@@ -49,6 +53,14 @@ class FakeStore:
 
     def watch(self, listener: HealthListener) -> None:
         self.health = listener
+
+    def on_room(self, listener: Callable[[], None]) -> None:
+        self.room = listener
+
+    def pending(self) -> int:
+        pending = sum(len(rows) for job, _view, rows, _done in self.held if job not in self.abandoned)
+        self._room_wanted = self._room_wanted or pending >= self.window
+        return pending
 
     def submit(self, view: FeatureView, rows: EncodedRows, done: Done) -> int:
         self.submissions += 1
@@ -69,6 +81,9 @@ class FakeStore:
             job, view, rows, done = held
             if job not in self.abandoned:
                 done(self._apply(view, rows))
+        if self._room_wanted and self.room is not None and self.pending() < self.window:
+            self._room_wanted = False
+            self.room()
 
     def abandon(self, submissions: Iterable[int]) -> None:
         self.abandoned.update(submissions)

@@ -1,16 +1,12 @@
-"""The guarded writes in flight: a thread that keeps a bounded window of conditional requests busy.
+"""The writer's threads: submissions, statements and retry timers on the engine's own thread; the
+driver's answers on the driver's I/O thread.
 
-Submissions come in from the loop; the driver's answers come back from its I/O thread; both go through
-one queue to this thread, which owns every piece of write state (so none of it needs a lock):
-
-* a sliding window of at most `max_in_flight` requests, as the driver's `execute_concurrent` keeps;
-* one write per entity in flight: a later submission of the same entity waits behind the earlier, so
-  the later record still wins a full tie;
-* the stale cache: an entity whose stored version is known to be newer needs no request;
-* retries: a request that failed for a reason of the world's is sent again after a pause (the same
-  round: after an unknown outcome the guard makes that safe); after more than `MAX_RETRIES` in a
-  row the health listener is told, and the request goes on being retried at the longest pause until it is
-  answered. A submission made with `give_up` fails then instead (StoreUnavailable in its report).
+Submissions come in from the loop through a queue to the engine's thread, which prepares their statements
+(a call that may block) and wakes for retries that are due. Answers are taken on the driver's I/O thread,
+which sends the next rounds at once, as a raw `execute_async` loop does: handing each answer to another
+thread cost a thread switch and a wait for the GIL per write. The write state (consumer/cassandra/window.py)
+is shared by the two threads under one lock, which an answer never waits for: it leaves itself in
+`_answers`, and whichever thread holds the lock takes it before letting go.
 """
 
 from __future__ import annotations
@@ -21,75 +17,46 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from cachetools import LRUCache
-
-from consumer.cassandra.errors import Failure, classify, describe
-from consumer.cassandra.rounds import Entry, Job, Task
+from consumer.cassandra.rounds import Entry, Job
 from consumer.cassandra.statements import Statements
-from consumer.core import guard
-from consumer.core.errors import StoreUnavailable, TransientError
-from consumer.core.guard import FirstGuess, Version
+from consumer.cassandra.window import MAX_RETRIES, RETRY_BACKOFF, TROUBLE_AFTER_S, WriteWindow
+from consumer.core.errors import StoreUnavailable
 from consumer.core.outcomes import drain
 from consumer.core.policy import Backoff
-from consumer.core.store import Done, EncodedRows, HealthListener, RowStatus, WriteReport
+from consumer.core.store import Done, EncodedRows, RowStatus, WriteReport
 from consumer.core.views import FeatureView
+
+__all__ = ["MAX_RETRIES", "RETRY_BACKOFF", "TROUBLE_AFTER_S", "WriteEngine"]
 
 log = logging.getLogger(__name__)
 
-MAX_RETRIES = 6
-# The pause before a round is sent again after a transient error: 100 ms, doubling, at most 2 s.
-RETRY_BACKOFF = Backoff(100, 2000)
-# The loop hears of a failure once more than MAX_RETRIES came in a row, or once a write has been failing this long,
-# whichever comes first (a node that hangs fails each request only after the request timeout).
-TROUBLE_AFTER_S = 5.0
 
-
-@dataclass(order=True)
-class _Retry:
-    at: float
-    seq: int
-    entry: Entry = field(compare=False)
-
-
-class WriteEngine(threading.Thread):
+class WriteEngine(WriteWindow, threading.Thread):
     def __init__(self, session: Callable[[], Any], prepare: Callable[[FeatureView], Statements],
                  translate: Callable[[BaseException, FeatureView], Exception],
                  table_exists: Callable[[FeatureView], bool], max_in_flight: int, cache_entries: int,
                  clock: Callable[[], float], wall: Callable[[], float], retry_backoff: Backoff = RETRY_BACKOFF) -> None:
-        super().__init__(name="cassandra-writes", daemon=True)
-        self._session = session
+        WriteWindow.__init__(self, session, translate, table_exists, max_in_flight, cache_entries, clock, wall,
+                             retry_backoff)
+        threading.Thread.__init__(self, name="cassandra-writes", daemon=True)
         self._prepare = prepare
-        self._translate = translate
-        self._table_exists = table_exists
-        self._window = max_in_flight
-        self._backoff = retry_backoff
-        self._clock = clock
-        self._wall = wall
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._ids = itertools.count(1)
-        self._seq = itertools.count()
-        self.health: HealthListener | None = None
-        # State below belongs to the engine's thread alone.
-        self._jobs: dict[int, Job] = {}
-        self._ready: deque[Entry] = deque()
-        self._waiting: list[_Retry] = []
-        self._active: dict[tuple[str, str], deque[Entry]] = {}  # entity -> its entries, the first in flight
-        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._counting = threading.Lock()  # `submit` may be called from more than one thread
+        self._answers: deque[tuple[Entry, Any, BaseException | None, float]] = deque()
+        self._abandons: deque[list[int]] = deque()
+        self._stopping = False
         # Submissions whose statements could not be prepared yet (Cassandra unreachable), in order: a later
-        # submission never overtakes them.
+        # submission never overtakes them. The engine thread's alone.
         self._unprepared: deque[Job] = deque()
         self._prepare_failures = 0
         self._prepare_failing_since = 0.0
         self._prepare_at = 0.0
-        self._troubled = False
-        self._stopping = False
-        self._cache: LRUCache[tuple[str, str], Version] | None = (
-            LRUCache(maxsize=cache_entries) if cache_entries else None)
-        self._first_guess = FirstGuess()
 
     # ------------------------------------------------------------------ from any thread
 
@@ -97,11 +64,15 @@ class WriteEngine(threading.Thread):
         n = len(rows)
         report = WriteReport(statuses=[RowStatus.STALE] * n, sent_at=[None] * n, done_at=[0.0] * n)
         job = Job(next(self._ids), view, rows, done, give_up, report, left=n)
+        with self._counting:
+            self._submitted_rows += n
         self._inbox.put(("submit", job))
         return job.id
 
     def abandon(self, ids: list[int]) -> None:
-        self._inbox.put(("abandon", ids))
+        # Taken before the next answer is (answers do not pass through the engine's thread).
+        self._abandons.append(ids)
+        self._pump()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._inbox.put(("stop",))
@@ -113,33 +84,86 @@ class WriteEngine(threading.Thread):
     def run(self) -> None:
         try:
             self._serve()
-        except BaseException as exc:  # a bug here must not leave the loop waiting for answers forever
-            log.exception("the writer's thread failed")
-            error = StoreUnavailable(f"the writer's thread failed: {exc!r}")
-            for job in list(self._jobs.values()):
-                job.report.error = error
-                self._complete(job)
+        except BaseException as exc:  # noqa: BLE001 - logged in `_broken`, which fails every write left
+            with self._lock:
+                self._broken(exc)
+
+    def _broken(self, exc: BaseException) -> None:
+        """A bug here must not leave the loop waiting for answers forever (called holding the lock)."""
+        log.exception("the writer failed", exc_info=exc)
+        error = StoreUnavailable(f"the writer failed: {exc!r}")
+        self._stopping = True
+        for job in list(self._jobs.values()):
+            job.report.error = error
+            self._drop(job)
+            self._complete(job)
 
     def _serve(self) -> None:
         while not self._stopping:
-            wakeups = [r.at for r in self._waiting[:1]] + ([self._prepare_at] if self._unprepared else [])
+            with self._locked():
+                wakeups = [r.at for r in self._waiting[:1]] + ([self._prepare_at] if self._unprepared else [])
             timeout = max(0.0, min(wakeups) - self._clock()) if wakeups else None
             try:
                 first = self._inbox.get(timeout=timeout)
             except queue.Empty:
                 first = None
-            for item in drain(self._inbox, first):
-                getattr(self, "_on_" + item[0])(*item[1:])
-            now = self._clock()
-            if self._unprepared and self._prepare_at <= now:
-                self._prepare_pending()
-            while self._waiting and self._waiting[0].at <= now:
-                self._ready.append(heapq.heappop(self._waiting).entry)
-            self._send_ready()
-            if self._troubled and not self._jobs:
-                # Nothing left to write (what failed was given up): new writes will tell afresh.
-                self._troubled = False
-                self._tell(None)
+            items = drain(self._inbox, first)
+            with self._locked():
+                for item in items:
+                    getattr(self, "_on_" + item[0])(*item[1:])
+                now = self._clock()
+                if self._unprepared and self._prepare_at <= now:
+                    self._prepare_pending()
+                while self._waiting and self._waiting[0].at <= now:
+                    self._ready.append(heapq.heappop(self._waiting).entry)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The write state, and on leaving it: the answers that came meanwhile, the rounds they free."""
+        with self._lock:
+            self._take_abandons()
+            yield
+            self._take_answers()
+        self._pump()
+
+    def _pump(self) -> None:
+        """Take the answers waiting, unless another thread holds the lock: it takes them before it lets go."""
+        while (self._answers or self._abandons) and not self._stopping:
+            if not self._lock.acquire(blocking=False):
+                return
+            try:
+                self._take_answers()
+            except BaseException as exc:  # noqa: BLE001 - on the driver's thread nobody else would hear of it
+                self._broken(exc)
+            finally:
+                self._lock.release()
+
+    def _take_abandons(self) -> None:
+        while self._abandons:
+            self._on_abandon(self._abandons.popleft())
+
+    def _take_answers(self) -> None:
+        self._take_abandons()
+        answers = self._answers
+        while answers:
+            self._on_answer(*answers.popleft())
+        self._send_ready()
+        if self._troubled and not self._jobs:
+            # Nothing left to write (what failed was given up): new writes will tell afresh.
+            self._troubled = False
+            self._tell(None)
+
+    def _answered(self, entry: Entry, rows: Any, error: BaseException | None, started: float) -> None:
+        """The driver's callback (on its I/O thread, or at once in `_send` when the answer was there)."""
+        self._answers.append((entry, rows, error, started))
+        self._pump()
+
+    def _wake(self) -> None:
+        if threading.current_thread() is not self:
+            self._inbox.put(("wake",))  # the engine's thread may be asleep until a later time, or for good
+
+    def _on_wake(self) -> None:
+        pass
 
     def _on_stop(self) -> None:
         self._stopping = True
@@ -148,7 +172,7 @@ class WriteEngine(threading.Thread):
         for job_id in ids:
             job = self._jobs.pop(job_id, None)
             if job is not None:
-                job.abandoned = True
+                self._drop(job)
         self._drop_waiting_entries()
 
     def _on_submit(self, job: Job) -> None:
@@ -186,176 +210,3 @@ class WriteEngine(threading.Thread):
             self._prepare_failures = 0
             self._unprepared.popleft()
             self._begin(job)
-
-    def _begin(self, job: Job) -> None:
-        if job.left == 0:
-            self._complete(job)
-            return
-        rows, features = job.rows, [f.name for f in job.view.features]
-        guess = self._first_guess.guess()
-        for i in range(len(rows)):
-            key = rows.entity_keys[i]
-            task = Task(i, key, (int(rows.event_ms[i]), int(rows.created_ms[i])),
-                        {f: rows.values[f][i] for f in features}, guess=guess, remaining=list(features))
-            entry = Entry(job, task, (job.view.table, key))
-            queued = self._active.get(entry.entity)
-            if queued:
-                queued.append(entry)  # waits for the write of the same entity in flight
-            else:
-                self._active[entry.entity] = deque([entry])
-                self._start(entry)
-
-    def _start(self, entry: Entry) -> None:
-        """The entity's turn: skip it if it is certainly stale, else queue its first round."""
-        bound = self._cache.get(entry.entity) if self._cache is not None else None
-        task = entry.task
-        if guard.certainly_stale(task.ours, bound):
-            entry.job.report.cache_skips += 1
-            self._finish(entry, RowStatus.STALE)
-            return
-        task.probe = bound is None
-        task.guess = task.guess or bound is not None
-        self._ready.append(entry)
-
-    def _send_ready(self) -> None:
-        while self._ready and self._in_flight < self._window:
-            entry = self._ready.popleft()
-            if entry.job.abandoned:
-                self._release(entry)
-                continue
-            try:
-                steps = entry.task.next_round()
-            except StoreUnavailable as exc:  # no agreement after MAX_ROUNDS: contention; start afresh later
-                entry.task.rounds = 0
-                self._retry(entry, exc)
-                continue
-            if not steps:
-                self._finish(entry, entry.task.status)
-                continue
-            assert entry.job.statements is not None
-            request = entry.job.statements.request(entry.task.key, entry.task.ours, entry.task.values, steps)
-            self._send(request, entry)
-
-    def _send(self, request: Any, entry: Entry) -> None:
-        started = self._clock()
-        report, index = entry.job.report, entry.task.index
-        if report.sent_at[index] is None:
-            report.sent_at[index] = started
-        self._in_flight += 1
-        inbox = self._inbox
-        try:
-            future = self._session().execute_async(request)
-        except Exception as exc:  # noqa: BLE001 - raised before sending (no host): answered like an error
-            inbox.put(("answer", entry, None, exc, started))
-            return
-        future.add_callbacks(callback=lambda rows: inbox.put(("answer", entry, rows, None, started)),
-                             errback=lambda exc: inbox.put(("answer", entry, None, exc, started)))
-
-    def _on_answer(self, entry: Entry, rows: Any, error: BaseException | None, started: float) -> None:
-        self._in_flight -= 1
-        job, task = entry.job, entry.task
-        if job.abandoned:
-            self._release(entry)
-            return
-        job.report.requests += 1
-        job.report.latencies.append(self._clock() - started)
-        if error is None:
-            task.retries = 0  # answered: the failures in a row are over
-            if self._troubled:
-                self._troubled = False
-                self._tell(None)
-            applied, existed = task.absorb(rows)
-            if not applied:
-                job.report.not_applied += 1
-            if existed is not None:
-                self._first_guess = self._first_guess.observe(existed)
-            if task.done:
-                self._finish(entry, task.status)
-            else:
-                self._ready.append(entry)
-            return
-        kind = classify(error)
-        if kind is Failure.ROW and not self._table_exists(job.view):
-            kind = Failure.FATAL
-        if kind is Failure.FATAL:
-            self._fail(job, self._translate(error, job.view))
-            self._release(entry)
-        elif kind is Failure.ROW:
-            job.report.failures[task.index] = f"Cassandra refused the write: {error}"
-            self._finish(entry, RowStatus.FAILED)
-        else:
-            job.report.retries += 1
-            job.report.errors[describe(error)] += 1
-            self._retry(entry, StoreUnavailable(f"Cassandra failed a write to {job.view.table}: {error}"), started)
-
-    def _retry(self, entry: Entry, error: TransientError, started: float | None = None) -> None:
-        """Unknown outcome or a transient refusal: the same round again after a pause."""
-        task = entry.task
-        task.retries += 1
-        if task.retries == 1:
-            task.failing_since = self._clock() if started is None else started
-        if task.retries > MAX_RETRIES and entry.job.give_up:
-            self._fail(entry.job, StoreUnavailable(f"Cassandra keeps failing writes to {entry.job.view.table}: "
-                                                    f"{error}"))
-            self._release(entry)
-            return
-        delay_ms = self._backoff.delay_ms(task.retries)
-        self._trouble(error, task.retries, task.failing_since, delay_ms)
-        heapq.heappush(self._waiting, _Retry(self._clock() + delay_ms / 1000, next(self._seq), entry))
-
-    def _trouble(self, error: TransientError, failures: int, failing_since: float, delay_ms: int) -> None:
-        """Tell the loop, once, when a write has failed more than MAX_RETRIES times in a row or for TROUBLE_AFTER_S."""
-        if self._troubled or (failures <= MAX_RETRIES and self._clock() - failing_since < TROUBLE_AFTER_S):
-            return
-        self._troubled = True
-        log.warning("Cassandra keeps failing (%s); retrying in %d ms until it answers", error, delay_ms)
-        self._tell(error)
-
-    def _finish(self, entry: Entry, status: RowStatus) -> None:
-        job, task = entry.job, entry.task
-        job.report.statuses[task.index] = status
-        job.report.done_at[task.index] = self._wall()
-        bound = task.lower_bound()
-        if bound is not None and self._cache is not None:
-            current = self._cache.get(entry.entity)
-            self._cache[entry.entity] = bound if current is None else max(current, bound)
-        job.left -= 1
-        self._release(entry)
-        if job.left == 0:
-            self._complete(job)
-
-    def _release(self, entry: Entry) -> None:
-        """The entity's write is over: the next one of the same entity may go."""
-        entries = self._active.get(entry.entity)
-        if not entries or entries[0] is not entry:
-            return
-        entries.popleft()
-        while entries and entries[0].job.abandoned:
-            entries.popleft()
-        if entries:
-            self._start(entries[0])
-        else:
-            del self._active[entry.entity]
-
-    def _fail(self, job: Job, error: Exception) -> None:
-        """The whole submission failed: its report carries the error. Its entries waiting their turn leave
-        at once; one in flight or due for a retry frees its entity when it comes up (never two at once)."""
-        job.report.error = error
-        job.abandoned = True
-        self._drop_waiting_entries()
-        self._complete(job)
-
-    def _drop_waiting_entries(self) -> None:
-        for entity, entries in list(self._active.items()):
-            self._active[entity] = deque(e for i, e in enumerate(entries) if i == 0 or not e.job.abandoned)
-
-    def _complete(self, job: Job) -> None:
-        self._jobs.pop(job.id, None)
-        try:
-            job.done(job.report)
-        except Exception:
-            log.exception("a write's completion callback failed")
-
-    def _tell(self, error: TransientError | None) -> None:
-        if self.health is not None:
-            self.health(error)

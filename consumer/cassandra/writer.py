@@ -58,6 +58,7 @@ class CassandraStore:
         self._statements: dict[str, Statements] = {}
         self._engine: WriteEngine | None = None
         self._health: HealthListener | None = None
+        self._room: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -152,6 +153,19 @@ class CassandraStore:
         if self._engine is not None:
             self._engine.health = listener
 
+    def on_room(self, listener: Callable[[], None]) -> None:
+        self._room = listener
+        if self._engine is not None:
+            self._engine.room = listener
+
+    @property
+    def window(self) -> int:
+        return self.options.max_in_flight
+
+    def pending(self) -> int:
+        """Rows submitted without an outcome yet (see `Store.pending`)."""
+        return self._engine.pending() if self._engine is not None else 0
+
     def submit(self, view: FeatureView, rows: EncodedRows, done: Done) -> int:
         """Queue the rows for guarded writes (see `Store.submit`); `done` runs on the writer's thread."""
         return self._engine_for_writes().submit(view, rows, done)
@@ -190,5 +204,6 @@ class CassandraStore:
                                            self.options.max_in_flight, self.options.cache_entries, self._clock,
                                            self._wall, self._retry_backoff)
                 self._engine.health = self._health
+                self._engine.room = self._room
                 self._engine.start()
             return self._engine

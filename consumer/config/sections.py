@@ -225,7 +225,7 @@ class BatchSettings(_Section):
     # by queued.max.messages.kbytes).
     max_bytes: int = Field(32 << 20, ge=1)
     # Batches being written at once (see consumer/core/policy.py).
-    max_in_flight: int = Field(2, ge=1, le=16)
+    max_in_flight: int = Field(16, ge=1, le=256)
 
     def policy(self) -> BatchPolicy:
         return BatchPolicy(self.max_records, self.max_wait_ms, self.max_bytes, self.max_in_flight)

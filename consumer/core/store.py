@@ -94,6 +94,18 @@ class Store(Protocol):
 
     def watch(self, listener: HealthListener) -> None: ...
 
+    @property
+    def window(self) -> int:
+        """How many requests the writer keeps in flight: with fewer rows pending, it has room."""
+        ...
+
+    def pending(self) -> int:
+        """Rows submitted without an outcome yet. When there are at least `window`, the room listener is
+        called (from another thread) once they fall below it."""
+        ...
+
+    def on_room(self, listener: Callable[[], None]) -> None: ...
+
     def write(self, view: FeatureView, rows: EncodedRows, budget_s: float | None = None) -> WriteReport:
         """Write every row through the guard and wait; raises StoreUnavailable (transient: Cassandra keeps
         failing, or `budget_s` ran out first) or StoreMisconfigured."""

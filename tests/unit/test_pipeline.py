@@ -121,6 +121,32 @@ def test_while_a_batch_is_in_flight_records_gather_until_it_is_done_or_they_are_
     assert h.source.committed_offsets() == {P0: 4}
 
 
+def test_records_go_at_once_while_the_writer_has_room_and_gather_while_it_is_full() -> None:
+    h = Harness(max_records=100, max_wait_ms=10_000, max_in_flight=8)
+    h.store.window = 3  # the writer keeps three requests in flight
+    h.source.rebalance("assign", [P0, P1])
+    h.store.hold = True
+    for driver_id in (1, 2):
+        h.produce(0, [driver_body(driver_id=driver_id)])
+        h.steps(2)
+    assert [len(rows) for _, _, rows, _ in h.store.held] == [1, 1]  # each at once, though one was in flight
+    h.produce(0, [driver_body(driver_id=i) for i in (3, 4)])
+    h.steps(2)
+    h.produce(0, [driver_body(driver_id=i) for i in (5, 6)])
+    h.steps(2)
+    # The third batch filled the window (4 rows pending): the next records gather.
+    assert [len(rows) for _, _, rows, _ in h.store.held] == [1, 1, 2] and len(h.pipeline.intake) == 2
+    waited = h.clock.t
+    h.store.release([1, 2])  # two rows answered: the writer has room again
+    h.steps(1)
+    assert [len(rows) for _, _, rows, _ in h.store.held] == [2, 2]
+    assert h.clock.t == waited  # no wait for the gathered records to grow old
+    h.store.hold = False
+    h.store.release()
+    h.steps(3)
+    assert h.source.committed_offsets() == {P0: 6}
+
+
 def test_writes_finishing_out_of_order_commit_only_the_done_prefix() -> None:
     h = Harness(max_records=2, max_in_flight=2)
     h.source.rebalance("assign", [P0, P1])

@@ -235,3 +235,31 @@ def test_failures_in_a_row_end_with_an_answer() -> None:
         assert health == []
     finally:
         store.close()
+
+
+def test_the_rows_pending_count_down_as_answers_come_and_room_is_told_once_below_the_window() -> None:
+    session = Session()
+    store = CassandraStore(CassandraOptions(keyspace="ks", cache_entries=0, max_in_flight=2))
+    store._session = session
+    rooms: list[None] = []
+    store.on_room(lambda: rooms.append(None))
+    try:
+        assert store.pending() == 0 and store.window == 2
+        report = submit(store, ["k1", "k2", "k3"])
+        assert store.pending() == 3  # at the window or above: the writer is full, and will say when not
+        first, second = session.take(2)  # a window of two requests
+        first.answer(APPLIED)
+        third = session.take(1)[0]
+        assert store.pending() == 2 and rooms == []
+        second.answer(APPLIED)
+        wait_for(lambda: rooms, what="room")
+        assert store.pending() == 1
+        third.answer(APPLIED)
+        wait_for(lambda: report, what="the report")
+        assert store.pending() == 0 and rooms == [None]  # told once, when it fell below the window
+        abandoned = store.submit(driver_view(), rows(["k4", "k5"]), lambda _r: None)
+        session.take(2)
+        store.abandon([abandoned])
+        wait_for(lambda: store.pending() == 0, what="abandoned rows no longer pending")
+    finally:
+        store.close()

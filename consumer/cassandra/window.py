@@ -1,0 +1,287 @@
+"""The guarded writes in flight, as state and its rules: what the writer's two threads share.
+
+* a sliding window of at most `window` requests, as the driver's `execute_concurrent` keeps;
+* one write per entity in flight: a later submission of the same entity waits behind the earlier, so
+  the later record still wins a full tie;
+* the stale cache: an entity whose stored version is known to be newer needs no request;
+* retries: a request that failed for a reason of the world's is sent again after a pause (the same
+  round: after an unknown outcome the guard makes that safe); after more than `MAX_RETRIES` in a
+  row the health listener is told, and the request goes on being retried at the longest pause until it is
+  answered. A submission made with `give_up` fails then instead (StoreUnavailable in its report);
+* the rows submitted without an outcome yet (`pending`), which tell the loop whether the writer has room.
+
+Every method here runs holding the engine's lock (consumer/cassandra/engine.py), on whichever thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachetools import LRUCache
+
+from consumer.cassandra.errors import Failure, classify, describe
+from consumer.cassandra.rounds import Entry, Job, Task
+from consumer.core import guard
+from consumer.core.errors import StoreUnavailable, TransientError
+from consumer.core.guard import FirstGuess, Version
+from consumer.core.policy import Backoff
+from consumer.core.store import HealthListener, RowStatus
+from consumer.core.views import FeatureView
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 6
+# The pause before a round is sent again after a transient error: 100 ms, doubling, at most 2 s.
+RETRY_BACKOFF = Backoff(100, 2000)
+# The loop hears of a failure once more than MAX_RETRIES came in a row, or once a write has been failing this long,
+# whichever comes first (a node that hangs fails each request only after the request timeout).
+TROUBLE_AFTER_S = 5.0
+
+
+@dataclass(order=True)
+class Retry:
+    at: float
+    seq: int
+    entry: Entry = field(compare=False)
+
+
+class WriteWindow:
+    def __init__(self, session: Callable[[], Any], translate: Callable[[BaseException, FeatureView], Exception],
+                 table_exists: Callable[[FeatureView], bool], window: int, cache_entries: int,
+                 clock: Callable[[], float], wall: Callable[[], float], retry_backoff: Backoff) -> None:
+        self._session = session
+        self._translate = translate
+        self._table_exists = table_exists
+        self.window = window
+        self._backoff = retry_backoff
+        self._clock = clock
+        self._wall = wall
+        self._seq = itertools.count()
+        self.health: HealthListener | None = None
+        self.room: Callable[[], None] | None = None
+        self._jobs: dict[int, Job] = {}
+        self._ready: deque[Entry] = deque()
+        self._waiting: list[Retry] = []
+        self._active: dict[tuple[str, str], deque[Entry]] = {}  # entity -> its entries, the first in flight
+        self._in_flight = 0
+        self._troubled = False
+        self._cache: LRUCache[tuple[str, str], Version] | None = (
+            LRUCache(maxsize=cache_entries) if cache_entries else None)
+        self._first_guess = FirstGuess()
+        # Rows submitted, and rows with an outcome (or given up): each counter has one writer, so `pending`
+        # needs no lock. `_room_wanted`: the loop found no room and waits to hear of it.
+        self._submitted_rows = 0
+        self._settled_rows = 0
+        self._room_wanted = False
+
+    def pending(self) -> int:
+        """Rows submitted without an outcome yet. At the window or above, `room` is called (from a writer's
+        thread) once the rows pending fall below it."""
+        pending = self._submitted_rows - self._settled_rows
+        if pending >= self.window:
+            self._room_wanted = True
+            pending = self._submitted_rows - self._settled_rows  # an outcome may have come in between
+        return pending
+
+    def _settled(self, rows: int) -> None:
+        self._settled_rows += rows
+        if self._room_wanted and self._submitted_rows - self._settled_rows < self.window:
+            self._room_wanted = False
+            if self.room is not None:
+                self.room()
+
+    def _answered(self, entry: Entry, rows: Any, error: BaseException | None, started: float) -> None:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        """A retry is due earlier than the engine's thread was going to look."""
+        raise NotImplementedError
+
+    def _begin(self, job: Job) -> None:
+        if job.left == 0:
+            self._complete(job)
+            return
+        rows, features = job.rows, [f.name for f in job.view.features]
+        guess = self._first_guess.guess()
+        for i in range(len(rows)):
+            key = rows.entity_keys[i]
+            task = Task(i, key, (int(rows.event_ms[i]), int(rows.created_ms[i])),
+                        {f: rows.values[f][i] for f in features}, guess=guess, remaining=list(features))
+            entry = Entry(job, task, (job.view.table, key))
+            queued = self._active.get(entry.entity)
+            if queued:
+                queued.append(entry)  # waits for the write of the same entity in flight
+            else:
+                self._active[entry.entity] = deque([entry])
+                self._start(entry)
+
+    def _start(self, entry: Entry) -> None:
+        """The entity's turn: skip it if it is certainly stale, else queue its first round."""
+        bound = self._cache.get(entry.entity) if self._cache is not None else None
+        task = entry.task
+        if guard.certainly_stale(task.ours, bound):
+            entry.job.report.cache_skips += 1
+            self._finish(entry, RowStatus.STALE)
+            return
+        task.probe = bound is None
+        task.guess = task.guess or bound is not None
+        self._ready.append(entry)
+
+    def _send_ready(self) -> None:
+        while self._ready and self._in_flight < self.window:
+            entry = self._ready.popleft()
+            if entry.job.abandoned:
+                self._release(entry)
+                continue
+            try:
+                steps = entry.task.next_round()
+            except StoreUnavailable as exc:  # no agreement after MAX_ROUNDS: contention; start afresh later
+                entry.task.rounds = 0
+                self._retry(entry, exc)
+                continue
+            if not steps:
+                self._finish(entry, entry.task.status)
+                continue
+            assert entry.job.statements is not None
+            request = entry.job.statements.request(entry.task.key, entry.task.ours, entry.task.values, steps)
+            self._send(request, entry)
+
+    def _send(self, request: Any, entry: Entry) -> None:
+        started = self._clock()
+        report, index = entry.job.report, entry.task.index
+        if report.sent_at[index] is None:
+            report.sent_at[index] = started
+        self._in_flight += 1
+        answered = self._answered
+        try:
+            future = self._session().execute_async(request)
+        except Exception as exc:  # noqa: BLE001 - raised before sending (no host): answered like an error
+            self._answered(entry, None, exc, started)
+            return
+        future.add_callbacks(callback=lambda rows: answered(entry, rows, None, started),
+                             errback=lambda exc: answered(entry, None, exc, started))
+
+    def _on_answer(self, entry: Entry, rows: Any, error: BaseException | None, started: float) -> None:
+        self._in_flight -= 1
+        job, task = entry.job, entry.task
+        if job.abandoned:
+            self._release(entry)
+            return
+        job.report.requests += 1
+        job.report.latencies.append(self._clock() - started)
+        if error is None:
+            task.retries = 0  # answered: the failures in a row are over
+            if self._troubled:
+                self._troubled = False
+                self._tell(None)
+            applied, existed = task.absorb(rows)
+            if not applied:
+                job.report.not_applied += 1
+            if existed is not None:
+                self._first_guess = self._first_guess.observe(existed)
+            if task.done:
+                self._finish(entry, task.status)
+            else:
+                self._ready.append(entry)
+            return
+        kind = classify(error)
+        if kind is Failure.ROW and not self._table_exists(job.view):
+            kind = Failure.FATAL
+        if kind is Failure.FATAL:
+            self._fail(job, self._translate(error, job.view))
+            self._release(entry)
+        elif kind is Failure.ROW:
+            job.report.failures[task.index] = f"Cassandra refused the write: {error}"
+            self._finish(entry, RowStatus.FAILED)
+        else:
+            job.report.retries += 1
+            job.report.errors[describe(error)] += 1
+            self._retry(entry, StoreUnavailable(f"Cassandra failed a write to {job.view.table}: {error}"), started)
+
+    def _retry(self, entry: Entry, error: TransientError, started: float | None = None) -> None:
+        """Unknown outcome or a transient refusal: the same round again after a pause."""
+        task = entry.task
+        task.retries += 1
+        if task.retries == 1:
+            task.failing_since = self._clock() if started is None else started
+        if task.retries > MAX_RETRIES and entry.job.give_up:
+            self._fail(entry.job, StoreUnavailable(f"Cassandra keeps failing writes to {entry.job.view.table}: "
+                                                    f"{error}"))
+            self._release(entry)
+            return
+        delay_ms = self._backoff.delay_ms(task.retries)
+        self._trouble(error, task.retries, task.failing_since, delay_ms)
+        retry = Retry(self._clock() + delay_ms / 1000, next(self._seq), entry)
+        heapq.heappush(self._waiting, retry)
+        if self._waiting[0] is retry:
+            self._wake()
+
+    def _trouble(self, error: TransientError, failures: int, failing_since: float, delay_ms: int) -> None:
+        """Tell the loop, once, when a write has failed more than MAX_RETRIES times in a row or for TROUBLE_AFTER_S."""
+        if self._troubled or (failures <= MAX_RETRIES and self._clock() - failing_since < TROUBLE_AFTER_S):
+            return
+        self._troubled = True
+        log.warning("Cassandra keeps failing (%s); retrying in %d ms until it answers", error, delay_ms)
+        self._tell(error)
+
+    def _finish(self, entry: Entry, status: RowStatus) -> None:
+        job, task = entry.job, entry.task
+        job.report.statuses[task.index] = status
+        job.report.done_at[task.index] = self._wall()
+        bound = task.lower_bound()
+        if bound is not None and self._cache is not None:
+            current = self._cache.get(entry.entity)
+            self._cache[entry.entity] = bound if current is None else max(current, bound)
+        job.left -= 1
+        self._release(entry)
+        if job.left == 0:
+            self._complete(job)
+        self._settled(1)
+
+    def _release(self, entry: Entry) -> None:
+        """The entity's write is over: the next one of the same entity may go."""
+        entries = self._active.get(entry.entity)
+        if not entries or entries[0] is not entry:
+            return
+        entries.popleft()
+        while entries and entries[0].job.abandoned:
+            entries.popleft()
+        if entries:
+            self._start(entries[0])
+        else:
+            del self._active[entry.entity]
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        """The whole submission failed: its report carries the error. Its entries waiting their turn leave
+        at once; one in flight or due for a retry frees its entity when it comes up (never two at once)."""
+        job.report.error = error
+        self._drop(job)
+        self._drop_waiting_entries()
+        self._complete(job)
+
+    def _drop(self, job: Job) -> None:
+        """No more outcomes for the job's rows: they stop counting as pending."""
+        job.abandoned = True
+        self._settled(job.left)
+        job.left = 0
+
+    def _drop_waiting_entries(self) -> None:
+        for entity, entries in list(self._active.items()):
+            self._active[entity] = deque(e for i, e in enumerate(entries) if i == 0 or not e.job.abandoned)
+
+    def _complete(self, job: Job) -> None:
+        self._jobs.pop(job.id, None)
+        try:
+            job.done(job.report)
+        except Exception:
+            log.exception("a write's completion callback failed")
+
+    def _tell(self, error: TransientError | None) -> None:
+        if self.health is not None:
+            self.health(error)
