@@ -40,6 +40,22 @@ def process_cpu_s() -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def pid_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine, all cores, from /proc/stat."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / _CLOCK_TICKS, sum(ticks) / _CLOCK_TICKS
+
+
 @dataclass
 class Measured:
     rows: int

@@ -43,7 +43,7 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from bench.anchors import Measured, Row, process_cpu_s, raw_loop, seed_store, writer_alone
+from bench.anchors import Measured, Row, machine_busy_s, pid_cpu_s, process_cpu_s, raw_loop, seed_store, writer_alone
 from bench.freshness import percentile
 from consumer.app import build, settle_heap
 from consumer.cassandra.connection import CassandraOptions
@@ -281,6 +281,16 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
     probe.keep_rows = False
     daemon = build(settings, serve_metrics=False, extra_events=probe)
     probe.stop = daemon.pipeline.stop
+    # Where the machine's CPU went while records were produced: the cores are shared by everything here.
+    pids = {name: localstack.service_pid(name) for name in ("cassandra", "kafka")}
+    cpu: dict[str, float] = {}
+
+    def cpu_now() -> dict[str, float]:
+        busy, total = machine_busy_s()
+        now = {"busy": busy, "total": total, "ours": process_cpu_s()}
+        now.update({name: pid_cpu_s(pid) if pid else float("nan") for name, pid in pids.items()})
+        return now
+
     # The outside check runs in a process of its own: it shares the cores, not the loop's interpreter.
     outside = subprocess.Popen([sys.executable, "-m", "bench.freshness", setup.endpoints.bootstrap_servers, topic,
                                 str(PARTITIONS), setup.endpoints.cql_host, str(setup.endpoints.cql_port), keyspace],
@@ -291,8 +301,10 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
         assert outside.stdout is not None and outside.stdout.readline().strip() == "ready"
         time.sleep(5)  # let the group settle and Cassandra flush after seeding
         probe.freshness.clear()
+        before = cpu_now()
         subprocess.run([sys.executable, str(ROOT / "bench" / "produce_at_rate.py"), setup.endpoints.bootstrap_servers,
                         topic, str(rate), str(seconds), str(entities)], check=True, capture_output=True)
+        cpu.update({k: v - before[k] for k, v in cpu_now().items()})
         ends = {(r.topic, r.partition): r.log_end
                 for r in group_lag({"bootstrap.servers": setup.endpoints.bootstrap_servers}, "none", [topic])}
         probe.ends = ends
@@ -313,7 +325,8 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
     seen = checked["latencies"]
     return {"rate": rate, "rows": len(inside), "p50": percentile(inside, 50), "p99": percentile(inside, 99),
             "p999": percentile(inside, 99.9), "probe_rows": len(seen), "probe_p50": percentile(seen, 50),
-            "probe_p99": percentile(seen, 99), "probe_unseen": checked["unseen"]}
+            "probe_p99": percentile(seen, 99), "probe_unseen": checked["unseen"],
+            "cores": {k: cpu[k] / cpu["total"] * (os.cpu_count() or 1) for k in ("busy", "ours", "cassandra", "kafka")}}
 
 
 def anchor_spark(setup: Setup, records: int, rates: Sequence[float], seconds: float) -> dict[str, Any] | None:
@@ -398,13 +411,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_rate = max_rate or measured
     if "freshness" in phases:
         print("| rate | of max | rows | p50 ms | p99 ms | p99.9 ms | probe rows | probe p50 ms | probe p99 ms "
-              "| probe unseen |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| probe unseen | cores busy: all / ours / Cassandra / Kafka |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for fraction in (float(f) for f in args.fresh_fractions.split(",")):
             r = freshness_run(setup, fraction * max_rate, args.fresh_seconds)
+            c = r["cores"]
             print(f"| {r['rate']:,.0f}/s | {fraction:.0%} | {r['rows']:,} | {r['p50'] * 1000:.1f} "
                   f"| {r['p99'] * 1000:.1f} | {r['p999'] * 1000:.1f} | {r['probe_rows']:,} "
-                  f"| {r['probe_p50'] * 1000:.1f} | {r['probe_p99'] * 1000:.1f} | {r['probe_unseen']} |", flush=True)
+                  f"| {r['probe_p50'] * 1000:.1f} | {r['probe_p99'] * 1000:.1f} | {r['probe_unseen']} "
+                  f"| {c['busy']:.2f} / {c['ours']:.2f} / {c['cassandra']:.2f} / {c['kafka']:.2f} |", flush=True)
         print()
     if args.spark:
         rates = [f * max_rate for f in (float(x) for x in args.fresh_fractions.split(","))]

@@ -1,12 +1,10 @@
 """The consumer loop: read -> batch -> decode -> guarded write -> done -> commit, with writes in flight
-while it reads and decodes on.
-
-One record's way, in one direction:
+while it reads and decodes on. One record's way, in one direction:
 
     KafkaSource.poll -> Intake            a queue per partition; a partition holding its share is paused
         -> BatchPolicy.send_now           at once while the writer has room; gathered while it is full
         -> assemble                       decode, map, coalesce, encode; bad records become `Rejected`
-        -> Store.submit                   guarded writes on the writer's thread, one outcome per row
+        -> Store.submit                   guarded writes on the writer's threads, one outcome per row
            DeadLetters.send               rejected records (and rows Cassandra refused), acknowledged by Kafka
         -> OffsetLedger                   a batch is done when all its rows and dead letters are
         -> KafkaSource.commit             per partition, the prefix of offsets whose batches are all done
@@ -141,7 +139,8 @@ class Pipeline(RebalanceListener):
         return (self.store.pending(), self.store.window) if self.flights else (0, 0)
 
     def _wait_s(self, now: float) -> float:
-        waits = [MAX_WAIT_S, BUSY_WAIT_S if self.flights or self.commits.pending else MAX_WAIT_S]
+        commit_at = self.commits.due_at()
+        waits = [BUSY_WAIT_S if self.flights else MAX_WAIT_S, MAX_WAIT_S if commit_at is None else commit_at - now]
         if self.troubles:
             waits.append(max(0.0, self.troubles.retry_at - now))
         oldest = self.intake.oldest()
@@ -283,7 +282,7 @@ class Pipeline(RebalanceListener):
 
     def _commit_done(self, now: float) -> None:
         self.commits.add(self.flights.ledger.take_committable())
-        self._commit(self.commits.due(now, idle=not self.flights), asynchronous=True)
+        self._commit(self.commits.due(now), asynchronous=True)
 
     def _commit(self, offsets: Mapping[TP, int], asynchronous: bool) -> None:
         owned = {tp: o for tp, o in offsets.items() if tp in self.assigned}

@@ -190,6 +190,11 @@ def _read_pid(name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
+def service_pid(name: str) -> int | None:
+    """The pid of a service this stack started and that still runs (for benchmarks that count its CPU)."""
+    return _read_pid(name)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
