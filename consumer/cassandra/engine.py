@@ -51,6 +51,8 @@ class WriteEngine(WriteWindow, threading.Thread):
         self._answers: deque[tuple[Entry, Any, BaseException | None, float]] = deque()
         self._abandons: deque[list[int]] = deque()
         self._stopping = False
+        self._last_id = 0  # the latest submission the engine's thread took in
+        self._abandoned_early: set[int] = set()
         # Submissions whose statements could not be prepared yet (Cassandra unreachable), in order: a later
         # submission never overtakes them. The engine thread's alone.
         self._unprepared: deque[Job] = deque()
@@ -63,10 +65,10 @@ class WriteEngine(WriteWindow, threading.Thread):
     def submit(self, view: FeatureView, rows: EncodedRows, done: Done, give_up: bool = False) -> int:
         n = len(rows)
         report = WriteReport(statuses=[RowStatus.STALE] * n, sent_at=[None] * n, done_at=[0.0] * n)
-        job = Job(next(self._ids), view, rows, done, give_up, report, left=n)
-        with self._counting:
+        with self._counting:  # ids reach the engine's thread in order
+            job = Job(next(self._ids), view, rows, done, give_up, report, left=n)
             self._submitted_rows += n
-        self._inbox.put(("submit", job))
+            self._inbox.put(("submit", job))
         return job.id
 
     def abandon(self, ids: list[int]) -> None:
@@ -173,9 +175,16 @@ class WriteEngine(WriteWindow, threading.Thread):
             job = self._jobs.pop(job_id, None)
             if job is not None:
                 self._drop(job)
+            elif job_id > self._last_id:  # still on its way through the inbox
+                self._abandoned_early.add(job_id)
         self._drop_waiting_entries()
 
     def _on_submit(self, job: Job) -> None:
+        self._last_id = job.id
+        if job.id in self._abandoned_early:
+            self._abandoned_early.discard(job.id)
+            self._drop(job)
+            return
         self._jobs[job.id] = job
         self._unprepared.append(job)
         if len(self._unprepared) == 1:

@@ -263,3 +263,21 @@ def test_the_rows_pending_count_down_as_answers_come_and_room_is_told_once_below
         wait_for(lambda: store.pending() == 0, what="abandoned rows no longer pending")
     finally:
         store.close()
+
+
+def test_a_write_abandoned_before_the_engine_took_it_in_is_never_sent_nor_reported() -> None:
+    session = Session()
+    store = store_with(session)
+    engine = store._engine_for_writes()
+    reports: list[WriteReport] = []
+    try:
+        with engine._lock:  # the engine's thread cannot take the submission in before the abandon
+            job = store.submit(driver_view(), rows(["k1"]), reports.append)
+            store.abandon([job])
+        time.sleep(0.3)
+        assert session.sent == 0 and reports == [] and store.pending() == 0
+        later = submit(store, ["k1"], event_ms=2000)  # the entity is not held by the abandoned write
+        session.take(1)[0].answer(APPLIED)
+        wait_for(lambda: later, what="the later report")
+    finally:
+        store.close()
