@@ -134,9 +134,9 @@ class Pipeline(RebalanceListener):
         return self.policy.send_now(int(now * 1000), None if oldest is None else int(oldest * 1000),
                                     self.intake.records, self.intake.bytes, len(self.flights), *self._writer_load())
 
-    def _writer_load(self) -> tuple[int, int]:
-        """Rows the writer holds without an outcome, and its window (full: it tells the loop of room)."""
-        return (self.store.pending(), self.store.window) if self.flights else (0, 0)
+    def _writer_load(self) -> tuple[int, int, int]:
+        """Records in flight, rows the writer holds without an outcome, its window (full: it tells of room)."""
+        return (self.flights.records, self.store.pending(), self.store.window) if self.flights else (0, 0, 0)
 
     def _wait_s(self, now: float) -> float:
         commit_at = self.commits.due_at()

@@ -14,10 +14,10 @@ class BatchPolicy:
     writer has room (fewer rows pending than requests it keeps in flight), whatever has been read goes at
     once, however little. While it is full, records gather, and the next batch goes when it has room
     again, or when `max_records` records or `max_bytes` bytes are waiting, or when the oldest has waited
-    `max_wait_ms`: so batches grow by themselves under load, and the wait is only an upper bound. A
-    full or aged batch waits while the writer holds more than a full batch's worth of rows (so the writer
-    holds at most about two batches, as memory bounds promise), and at most `max_in_flight` batches are
-    in flight. One batch takes at most `max_records` records and `max_bytes` bytes (at least one record).
+    `max_wait_ms`: so batches grow by themselves under load, and the wait is only an upper bound. No
+    batch goes while the batches in flight hold more than `max_records` records (so at most about two
+    batches' worth is in flight, as memory bounds promise), nor more than `max_in_flight` batches. One
+    batch takes at most `max_records` records and `max_bytes` bytes (at least one record).
     """
 
     max_records: int
@@ -26,28 +26,25 @@ class BatchPolicy:
     max_in_flight: int = 16
 
     def send_now(self, now_ms: int, oldest_ms: int | None, buffered: int, buffered_bytes: int,
-                 in_flight: int, pending: int = 0, window: int = 0) -> bool:
-        """`pending`: rows the writer holds without an outcome; `window`: the requests it keeps in flight."""
-        if buffered == 0 or in_flight >= self.max_in_flight:
+                 in_flight: int, held: int = 0, pending: int = 0, window: int = 0) -> bool:
+        """`held`: records in the batches in flight; `pending`: rows the writer holds without an outcome;
+        `window`: the requests it keeps in flight."""
+        if buffered == 0 or in_flight >= self.max_in_flight or (in_flight and held > self.max_records):
             return False
         if in_flight == 0 or pending < window:
             return True
-        if pending > self.max_records:
-            return False
         if buffered >= self.max_records or buffered_bytes >= self.max_bytes:
             return True
         return oldest_ms is not None and now_ms - oldest_ms >= self.max_wait_ms
 
-    def wait_ms(self, now_ms: int, oldest_ms: int | None, in_flight: int, pending: int = 0,
+    def wait_ms(self, now_ms: int, oldest_ms: int | None, in_flight: int, held: int = 0, pending: int = 0,
                 window: int = 0) -> int | None:
         """How long the loop may wait for an outcome before what it holds is due by age (None: no deadline:
-        nothing is held, or nothing may be sent before an outcome, or room in the writer)."""
-        if oldest_ms is None or in_flight >= self.max_in_flight:
+        nothing is held, or nothing may be sent before an outcome)."""
+        if oldest_ms is None or in_flight >= self.max_in_flight or (in_flight and held > self.max_records):
             return None
         if in_flight == 0 or pending < window:
             return 0
-        if pending > self.max_records:
-            return None
         return max(0, oldest_ms + self.max_wait_ms - now_ms)
 
 

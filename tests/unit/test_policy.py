@@ -10,7 +10,8 @@ from consumer.core.policy import Backoff, BatchPolicy
 policies = st.builds(BatchPolicy, st.integers(1, 50), st.integers(1, 1000), st.integers(1, 10_000), st.integers(1, 4))
 
 
-loads = st.tuples(st.integers(0, 12_000), st.integers(0, 128))  # (rows pending in the writer, its window)
+# (records in the batches in flight, rows pending in the writer, its window)
+loads = st.tuples(st.integers(0, 12_000), st.integers(0, 12_000), st.integers(0, 128))
 
 
 @settings(deadline=None)
@@ -20,17 +21,17 @@ def test_records_go_at_once_while_the_writer_has_room_and_gather_while_it_is_ful
     policy: BatchPolicy, buffered: int, buffered_bytes: int, age_ms: int, now_ms: int, in_flight: int,
     load: tuple[int, int]
 ) -> None:
-    pending, window = load
+    held, pending, window = load
     due = policy.send_now(now_ms, now_ms - age_ms if buffered else None, buffered, buffered_bytes, in_flight,
-                          pending, window)
+                          held, pending, window)
     full = buffered >= policy.max_records or buffered_bytes >= policy.max_bytes
     old = age_ms >= policy.max_wait_ms
     if buffered == 0 or in_flight >= policy.max_in_flight:
         assert not due  # nothing to send, or no room in flight
+    elif in_flight and held > policy.max_records:
+        assert not due  # more than a batch's worth in flight already: memory stays bounded
     elif in_flight == 0 or pending < window:
         assert due  # a writer with room never waits for a batch to fill
-    elif pending > policy.max_records:
-        assert not due  # the writer holds more than a batch's worth: more would only wait there
     else:
         assert due == (full or old)
 
@@ -39,14 +40,14 @@ def test_records_go_at_once_while_the_writer_has_room_and_gather_while_it_is_ful
 @given(policies, st.integers(0, 5000), st.integers(0, 5000), st.integers(0, 4), loads)
 def test_the_wait_never_outlasts_the_oldest_records_deadline(policy: BatchPolicy, now: int, age: int,
                                                              in_flight: int, load: tuple[int, int]) -> None:
-    pending, window = load
-    assert policy.wait_ms(now, None, in_flight, pending, window) is None
-    wait = policy.wait_ms(now, now - age, in_flight, pending, window)
-    if in_flight >= policy.max_in_flight or (in_flight and window <= pending > policy.max_records):
-        assert wait is None  # only an outcome (or room in the writer) can make room
+    held, pending, window = load
+    assert policy.wait_ms(now, None, in_flight, held, pending, window) is None
+    wait = policy.wait_ms(now, now - age, in_flight, held, pending, window)
+    if in_flight >= policy.max_in_flight or (in_flight and held > policy.max_records):
+        assert wait is None  # only an outcome can make room
     else:
         assert wait is not None and 0 <= wait <= policy.max_wait_ms
-        assert policy.send_now(now + wait, now - age, 1, 0, in_flight, pending, window)
+        assert policy.send_now(now + wait, now - age, 1, 0, in_flight, held, pending, window)
 
 
 @settings(deadline=None)
