@@ -116,13 +116,62 @@ def _first(rows: EncodedRows) -> EncodedRows:
                        {f: v[:1] for f, v in rows.values.items()})
 
 
+def _update_older_batch(session: Any, keyspace: str, view: FeatureView) -> Any:
+    table = table_name(keyspace, view)
+    body = " ".join(f"UPDATE {table} SET value = ?, event_ts = ?, created_ts = ? WHERE entity_key = ? AND "
+                    f"feature_name = '{f.name}' IF event_ts < ?;" for f in view.features)
+    return session.prepare(f"BEGIN UNLOGGED BATCH {body} APPLY BATCH")
+
+
+@dataclass
+class Paced:
+    rate: float
+    latencies: list[float]  # seconds from sending to the answer, per write
+    cassandra_cores: float
+
+
+def raw_paced(session: Any, keyspace: str, view: FeatureView, keys: Sequence[str], rate: float,
+              cassandra_pid: int | None) -> Paced:
+    """The floor under freshness at a rate: the raw driver sends one guarded write (b's statement) of each
+    key at `rate` per second, each as soon as it is due, with no Kafka in between; how long each takes, and
+    the CPU Cassandra spends meanwhile."""
+    prepared = _update_older_batch(session, keyspace, view)
+    latencies: list[float] = []
+    failures: list[BaseException] = []
+    answered = threading.Semaphore(0)
+
+    def done(_result: Any, sent: float) -> None:
+        latencies.append(time.perf_counter() - sent)
+        answered.release()
+
+    def failed(error: BaseException, _sent: float) -> None:
+        failures.append(error)
+        answered.release()
+
+    cpu, started = pid_cpu_s(cassandra_pid) if cassandra_pid else 0.0, time.perf_counter()
+    for i, key in enumerate(keys):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        ms = int(time.time() * 1000)
+        params: list[Any] = []
+        for _f in view.features:
+            params += (b"\x00", ms, ms, key, ms)
+        sent = time.perf_counter()
+        session.execute_async(prepared.bind(params)).add_callbacks(done, failed, callback_args=(sent,),
+                                                                   errback_args=(sent,))
+    for _ in keys:
+        answered.acquire()
+    seconds = time.perf_counter() - started
+    assert not failures, failures[:3]
+    cores = (pid_cpu_s(cassandra_pid) - cpu) / seconds if cassandra_pid else float("nan")
+    return Paced(len(keys) / seconds, latencies, cores)
+
+
 def raw_loop(session: Any, keyspace: str, view: FeatureView, rows: Sequence[Row], window: int) -> Measured:
     """(b): the same conditional batches, straight through the driver, `window` requests in flight."""
     features = [f.name for f in view.features]
-    table = table_name(keyspace, view)
-    body = " ".join(f"UPDATE {table} SET value = ?, event_ts = ?, created_ts = ? WHERE entity_key = ? AND "
-                    f"feature_name = '{f}' IF event_ts < ?;" for f in features)
-    prepared = session.prepare(f"BEGIN UNLOGGED BATCH {body} APPLY BATCH")
+    prepared = _update_older_batch(session, keyspace, view)
     lock = threading.Lock()
     finished = threading.Event()
     position = 0

@@ -43,7 +43,18 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from bench.anchors import Measured, Row, machine_busy_s, pid_cpu_s, process_cpu_s, raw_loop, seed_store, writer_alone
+from bench.anchors import (
+    Measured,
+    Paced,
+    Row,
+    machine_busy_s,
+    pid_cpu_s,
+    process_cpu_s,
+    raw_loop,
+    raw_paced,
+    seed_store,
+    writer_alone,
+)
 from bench.freshness import percentile
 from consumer.app import build, settle_heap
 from consumer.cassandra.connection import CassandraOptions
@@ -329,6 +340,18 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
             "cores": {k: cpu[k] / cpu["total"] * (os.cpu_count() or 1) for k in ("busy", "ours", "cassandra", "kafka")}}
 
 
+def paced_floor(setup: Setup, rate: float, seconds: float) -> Paced:
+    """The raw driver's guarded writes at `rate`, alone (bench/anchors.raw_paced), on seeded entities."""
+    view = setup.settings("anchor_paced", "unused").views[0]
+    keys = entity_keys(range(1, int(rate * seconds) + 1), view)
+    store = setup.store(f"bench_paced{int(rate)}_{setup.run}", view, keys)
+    try:
+        time.sleep(5)  # as the freshness run: let Cassandra flush after seeding
+        return raw_paced(store.session, store.options.keyspace, view, keys, rate, localstack.service_pid("cassandra"))
+    finally:
+        store.close()
+
+
 def anchor_spark(setup: Setup, records: int, rates: Sequence[float], seconds: float) -> dict[str, Any] | None:
     """(d): Feast's Spark Kafka processor on a backlog of `records` records made as ours are, and at each of
     `rates` for `seconds` (bench/feast_spark.py); None when it cannot run here (the reason is printed)."""
@@ -411,15 +434,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_rate = max_rate or measured
     if "freshness" in phases:
         print("| rate | of max | rows | p50 ms | p99 ms | p99.9 ms | probe rows | probe p50 ms | probe p99 ms "
-              "| probe unseen | cores busy: all / ours / Cassandra / Kafka |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+              "| probe unseen | cores busy: all / ours / Cassandra / Kafka | raw driver paced alone: p50 / p99 ms, "
+              "Cassandra cores |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
         for fraction in (float(f) for f in args.fresh_fractions.split(",")):
             r = freshness_run(setup, fraction * max_rate, args.fresh_seconds)
             c = r["cores"]
+            floor = paced_floor(setup, fraction * max_rate, min(args.fresh_seconds, 15.0))
             print(f"| {r['rate']:,.0f}/s | {fraction:.0%} | {r['rows']:,} | {r['p50'] * 1000:.1f} "
                   f"| {r['p99'] * 1000:.1f} | {r['p999'] * 1000:.1f} | {r['probe_rows']:,} "
                   f"| {r['probe_p50'] * 1000:.1f} | {r['probe_p99'] * 1000:.1f} | {r['probe_unseen']} "
-                  f"| {c['busy']:.2f} / {c['ours']:.2f} / {c['cassandra']:.2f} / {c['kafka']:.2f} |", flush=True)
+                  f"| {c['busy']:.2f} / {c['ours']:.2f} / {c['cassandra']:.2f} / {c['kafka']:.2f} "
+                  f"| {percentile(floor.latencies, 50) * 1000:.1f} / {percentile(floor.latencies, 99) * 1000:.1f}, "
+                  f"{floor.cassandra_cores:.2f} |", flush=True)
         print()
     if args.spark:
         rates = [f * max_rate for f in (float(x) for x in args.fresh_fractions.split(","))]
