@@ -116,10 +116,24 @@ class WriteWindow:
             entry = Entry(job, task, (job.view.table, key))
             queued = self._active.get(entry.entity)
             if queued:
-                queued.append(entry)  # waits for the write of the same entity in flight
+                self._queue_behind(queued, entry)
             else:
                 self._active[entry.entity] = deque([entry])
                 self._start(entry)
+
+    def _queue_behind(self, queued: deque[Entry], entry: Entry) -> None:
+        """The entity has a write in flight: the entry waits for it. At most one write of an entity waits:
+        of two waiting, the older version cannot end up stored, so it is stale at once (in a full tie the
+        later submission wins, as the later offset of a partition does). Without this, a hot entity in each
+        of many small batches would make them finish one round trip after another."""
+        waiting = queued[-1] if len(queued) > 1 and not queued[-1].job.abandoned else None
+        if waiting is None:
+            queued.append(entry)
+        elif entry.task.ours >= waiting.task.ours:
+            queued[-1] = entry
+            self._finish(waiting, RowStatus.STALE)
+        else:
+            self._finish(entry, RowStatus.STALE)
 
     def _start(self, entry: Entry) -> None:
         """The entity's turn: skip it if it is certainly stale, else queue its first round."""

@@ -281,3 +281,26 @@ def test_a_write_abandoned_before_the_engine_took_it_in_is_never_sent_nor_report
         wait_for(lambda: later, what="the later report")
     finally:
         store.close()
+
+
+def test_of_two_waiting_writes_of_one_entity_the_older_is_stale_at_once() -> None:
+    session = Session()
+    store = store_with(session)
+    try:
+        first = submit(store, ["k1"], event_ms=1000)
+        [in_flight] = session.take(1)
+        second = submit(store, ["k1"], event_ms=2000)  # waits for the first
+        third = submit(store, ["k1"], event_ms=3000)  # newer than the waiting one: takes its place
+        fourth = submit(store, ["k1"], event_ms=1500)  # older than the one waiting: cannot win
+        tie = submit(store, ["k1"], event_ms=3000)  # a full tie: the later submission waits instead
+        wait_for(lambda: second and third and fourth, what="the superseded reports")
+        assert second[0].statuses == third[0].statuses == fourth[0].statuses == [RowStatus.STALE]
+        assert session.pending == []  # nothing else was sent meanwhile
+        in_flight.answer(APPLIED)
+        [last] = session.take(1)
+        assert 3000 in last.request[1]
+        last.answer(APPLIED)
+        wait_for(lambda: first and tie, what="the written reports")
+        assert first[0].statuses == tie[0].statuses == [RowStatus.APPLIED]
+    finally:
+        store.close()
