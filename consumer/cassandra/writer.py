@@ -167,7 +167,7 @@ class CassandraStore:
         return self._engine.pending() if self._engine is not None else 0
 
     def submit(self, view: FeatureView, rows: EncodedRows, done: Done) -> int:
-        """Queue the rows for guarded writes (see `Store.submit`); `done` runs on the writer's thread."""
+        """Queue the rows for guarded writes (see `Store.submit`); `done` runs on one of the writer's threads."""
         return self._engine_for_writes().submit(view, rows, done)
 
     def abandon(self, submissions: Iterable[int]) -> None:
