@@ -29,9 +29,9 @@ class BatchPolicy:
                  in_flight: int, held: int = 0, pending: int = 0, window: int = 0) -> bool:
         """`held`: records in the batches in flight; `pending`: rows the writer holds without an outcome;
         `window`: the requests it keeps in flight."""
-        if buffered == 0 or in_flight >= self.max_in_flight or (in_flight and held > self.max_records):
+        if buffered == 0 or self._full(in_flight, held):
             return False
-        if in_flight == 0 or pending < window:
+        if self._writer_has_room(in_flight, pending, window):
             return True
         if buffered >= self.max_records or buffered_bytes >= self.max_bytes:
             return True
@@ -41,11 +41,19 @@ class BatchPolicy:
                 window: int = 0) -> int | None:
         """How long the loop may wait for an outcome before what it holds is due by age (None: no deadline:
         nothing is held, or nothing may be sent before an outcome)."""
-        if oldest_ms is None or in_flight >= self.max_in_flight or (in_flight and held > self.max_records):
+        if oldest_ms is None or self._full(in_flight, held):
             return None
-        if in_flight == 0 or pending < window:
+        if self._writer_has_room(in_flight, pending, window):
             return 0
         return max(0, oldest_ms + self.max_wait_ms - now_ms)
+
+    def _full(self, in_flight: int, held: int) -> bool:
+        """No batch may go before one in flight is done."""
+        return in_flight >= self.max_in_flight or (in_flight > 0 and held > self.max_records)
+
+    @staticmethod
+    def _writer_has_room(in_flight: int, pending: int, window: int) -> bool:
+        return in_flight == 0 or pending < window
 
 
 @dataclass(frozen=True)
