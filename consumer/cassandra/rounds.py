@@ -26,7 +26,9 @@ _EPOCH = datetime(1970, 1, 1)
 _MS = timedelta(milliseconds=1)
 
 
-@dataclass
+# Slotted: the writer makes a Task and an Entry per row, and the cyclic collector scans each object it tracks
+# (an unslotted instance is two: the object and its __dict__).
+@dataclass(slots=True)
 class Task:
     index: int  # the row's position in the rows given to the writer
     key: str
@@ -54,6 +56,12 @@ class Task:
             return self.steps
         if self.rounds >= MAX_ROUNDS:
             raise StoreUnavailable(f"entity {self.key}: no agreement after {MAX_ROUNDS} rounds (contention)")
+        if not self.known:  # the common first round: one decision for every feature
+            step = guard.decide(self.ours, None, self.guess)
+            assert step is not None  # nothing known is never stale
+            self.steps = dict.fromkeys(self.remaining, step)
+            self.rounds += 1
+            return self.steps
         for feature in list(self.remaining):
             step = guard.decide(self.ours, self.known.get(feature), self.guess)
             if step is None:
@@ -74,8 +82,11 @@ class Task:
         existed: bool | None
         if applied:
             self.written += len(sent)
-            for feature in sent:
-                self.remaining.remove(feature)
+            if len(sent) == len(self.remaining):
+                self.remaining.clear()
+            else:
+                for feature in sent:
+                    self.remaining.remove(feature)
             # An applied UPDATE means the rows existed; an applied INSERT means they did not.
             existed = next(iter(sent.values())).op is not Op.INSERT
         else:
@@ -97,8 +108,8 @@ class Task:
 
     def lower_bound(self) -> Version | None:
         """A version every feature row of the entity holds now, for the stale cache (None: nothing known)."""
-        if not (self.written or self.stale_versions):
-            return None
+        if not self.stale_versions:  # the common case: every feature written, or nothing learnt
+            return self.ours if self.written else None
         return guard.lower_bound_after(self.ours, bool(self.written), self.stale_versions)
 
 
@@ -129,7 +140,7 @@ def answer_rows(sent: Mapping[str, Step], rows: list[dict[str, Any]]) -> dict[st
 # --------------------------------------------------------------------------- what the writer holds
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     id: int
     view: FeatureView
@@ -142,7 +153,7 @@ class Job:
     abandoned: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Entry:
     job: Job
     task: Task

@@ -73,15 +73,17 @@ class Statements:
         """The round as one prepared batch, when every feature gets the same INSERT or UPDATE-if-older."""
         if tuple(steps) != self.features:
             return None
-        ops = {step.op for step in steps.values()}
+        op = steps[self.features[0]].op
+        if any(step.op is not op for step in steps.values()):
+            return None
         event_ms, created_ms = ours
         created = None if created_ms == NULL_MS else created_ms
         params: list[Any] = []
-        if ops == {Op.INSERT}:
+        if op is Op.INSERT:
             for feature in self.features:
                 params += (key, values[feature], event_ms, created)
             return self.insert_all.bind(params)
-        if ops == {Op.UPDATE_OLDER}:
+        if op is Op.UPDATE_OLDER:
             for feature in self.features:
                 params += (values[feature], event_ms, created, key, event_ms)
             return self.update_older_all.bind(params)

@@ -23,13 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import LRUCache
-
 from consumer.cassandra.errors import Failure, classify, describe
 from consumer.cassandra.rounds import Entry, Job, Task
+from consumer.cassandra.stale_cache import StaleCache
 from consumer.core import guard
 from consumer.core.errors import StoreUnavailable, TransientError
-from consumer.core.guard import FirstGuess, Version
+from consumer.core.guard import FirstGuess
 from consumer.core.policy import Backoff
 from consumer.core.store import HealthListener, RowStatus
 from consumer.core.views import FeatureView
@@ -71,8 +70,7 @@ class WriteWindow:
         self._active: dict[tuple[str, str], deque[Entry]] = {}  # entity -> its entries, the first in flight
         self._in_flight = 0
         self._troubled = False
-        self._cache: LRUCache[tuple[str, str], Version] | None = (
-            LRUCache(maxsize=cache_entries) if cache_entries else None)
+        self._cache = StaleCache(cache_entries) if cache_entries else None
         self._first_guess = FirstGuess()
         # Rows submitted, and rows with an outcome (or given up): each counter has one writer, so `pending`
         # needs no lock. `_room_wanted`: the loop found no room and waits to hear of it.
@@ -107,13 +105,14 @@ class WriteWindow:
         if job.left == 0:
             self._complete(job)
             return
-        rows, features = job.rows, [f.name for f in job.view.features]
+        rows, features, table = job.rows, [f.name for f in job.view.features], job.view.table
+        columns = [(f, rows.values[f]) for f in features]
+        event_ms, created_ms = rows.event_ms.tolist(), rows.created_ms.tolist()  # ints, not numpy scalars
         guess = self._first_guess.guess()
-        for i in range(len(rows)):
-            key = rows.entity_keys[i]
-            task = Task(i, key, (int(rows.event_ms[i]), int(rows.created_ms[i])),
-                        {f: rows.values[f][i] for f in features}, guess=guess, remaining=list(features))
-            entry = Entry(job, task, (job.view.table, key))
+        for i, key in enumerate(rows.entity_keys):
+            task = Task(i, key, (event_ms[i], created_ms[i]), {f: column[i] for f, column in columns},
+                        guess=guess, remaining=list(features))
+            entry = Entry(job, task, (table, key))
             queued = self._active.get(entry.entity)
             if queued:
                 self._queue_behind(queued, entry)
@@ -250,8 +249,7 @@ class WriteWindow:
         job.report.done_at[task.index] = self._wall()
         bound = task.lower_bound()
         if bound is not None and self._cache is not None:
-            current = self._cache.get(entry.entity)
-            self._cache[entry.entity] = bound if current is None else max(current, bound)
+            self._cache.raise_to(entry.entity, bound)
         job.left -= 1
         self._release(entry)
         if job.left == 0:
