@@ -410,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--uniform-entities", type=int, default=1_000_000)
     parser.add_argument("--zipf-entities", type=int, default=100_000)
     parser.add_argument("--zipf-s", type=float, default=1.1)
-    parser.add_argument("--raw-windows", default="64,128,256", help="(b): requests in flight tried")
+    parser.add_argument("--raw-windows", default="64,256,512,1024", help="(b): requests in flight tried")
     parser.add_argument("--fresh-seconds", type=float, default=30.0)
     parser.add_argument("--fresh-fractions", default="0.1,0.5,0.9", help="of the measured uniform rate")
     parser.add_argument("--max-rate", type=float, default=0.0,

@@ -28,7 +28,7 @@ class CassandraOptions:
     request_timeout_s: float = 10.0
     connect_timeout_s: float = 10.0
     # Conditional batches in flight at once (the sliding window of the writer).
-    max_in_flight: int = 64
+    max_in_flight: int = 512
     # Entities whose stored timestamps the writer remembers, to skip certainly stale writes (0: none).
     cache_entries: int = 250_000
     ssl_ca_file: str | None = None

@@ -156,7 +156,7 @@ class CassandraSettings(_Section):
     request_timeout_s: float = Field(10.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     # Conditional batches in flight at once (the sliding window of the writer).
-    max_in_flight: int = Field(64, ge=1, le=4096)
+    max_in_flight: int = Field(512, ge=1, le=4096)
     # Entities whose stored timestamps this process remembers, to skip certainly stale writes.
     # About 465 bytes an entry (measured with tracemalloc): ~110 MiB when full, within the pod's memory limit.
     cache_entries: int = Field(250_000, ge=0)
