@@ -107,7 +107,11 @@ class Task:
         return RowStatus.APPLIED if self.written else RowStatus.STALE
 
     def lower_bound(self) -> Version | None:
-        """A version every feature row of the entity holds now, for the stale cache (None: nothing known)."""
+        """A version every feature row of the entity holds now, for the stale cache (None: nothing known, or
+        a feature left unsettled: a failed write may have found some features stale and written none of the
+        others, which hold older versions)."""
+        if self.remaining:
+            return None
         if not self.stale_versions:  # the common case: every feature written, or nothing learnt
             return self.ours if self.written else None
         return guard.lower_bound_after(self.ours, bool(self.written), self.stale_versions)

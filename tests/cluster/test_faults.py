@@ -112,7 +112,8 @@ def test_two_cassandra_nodes_down_no_quorum(
     once a quorum answers."""
     started = time.monotonic()
     deployment = make_cluster_deployment("noquorum", batch=BATCH)
-    events = generate(entities=300, events_per_entity=8, seed=102)
+    entities = 300
+    events = generate(entities=entities, events_per_entity=8, seed=102)
     sampler = start_daemon(deployment, daemons)
     stream = Stream(deployment, events, per_second=80).start()
     victims = ("cassandra-2", "cassandra-3")
@@ -144,8 +145,10 @@ def test_two_cassandra_nodes_down_no_quorum(
           f"pauses {describe_pauses(pauses)}; errors re-sent {errors}")
     # Paused while there was no quorum: one pause covering most of the outage.
     assert pauses and max(p.seconds for p in pauses) >= 0.5 * outage_s, describe_pauses(pauses)
-    # Backed off: at most a request every 2 s per write in the window (64), plus the first quick retries.
-    assert sum(errors.values()) <= 64 * (outage_s / 2 + 8), errors
+    # Backed off: at most a request every 2 s per write in the window, plus the first quick retries. One
+    # write per entity is in flight, so the window holds at most one write of each of the workload's entities.
+    in_window = min(CassandraSettings.model_fields["max_in_flight"].default, entities)
+    assert sum(errors.values()) <= in_window * (outage_s / 2 + 8), errors
     # Until the failure detector convicts the killed nodes, the survivor still counts on them and the
     # rounds it coordinates time out in Paxos: CAS write timeouts, each sent again (and their rows are in
     # the verdict below, which also reads every entity at LOCAL_SERIAL: no round was left in progress).

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import numpy as np
-from cassandra import ConsistencyLevel, WriteTimeout, WriteType
+from cassandra import ConsistencyLevel, InvalidRequest, WriteTimeout, WriteType
 
 from consumer.cassandra.connection import CassandraOptions
 from consumer.cassandra.writer import CassandraStore
@@ -302,5 +302,55 @@ def test_of_two_waiting_writes_of_one_entity_the_older_is_stale_at_once() -> Non
         last.answer(APPLIED)
         wait_for(lambda: first and tie, what="the written reports")
         assert first[0].statuses == tie[0].statuses == [RowStatus.APPLIED]
+    finally:
+        store.close()
+
+
+def cached_store(session: Session) -> CassandraStore:
+    store = CassandraStore(CassandraOptions(keyspace="ks", cache_entries=100), retry_backoff=Backoff(1, 5))
+    store._session = session
+    store._table_exists = lambda view: True  # type: ignore[method-assign]  # a refusal is then the row's own
+    return store
+
+
+def not_applied(key: str, stored_event_ms: dict[str, int]) -> list[dict[str, Any]]:
+    """A conditional batch's answer: not applied, with each existing row's key columns and event time."""
+    return [{"[applied]": False, "entity_key": key, "feature_name": f, "event_ts": e}
+            for f, e in stored_event_ms.items()]
+
+
+def test_an_entity_written_is_skipped_after_as_certainly_stale_without_a_request() -> None:
+    session = Session()
+    store = cached_store(session)
+    try:
+        first = submit(store, ["k1"], event_ms=2000)
+        session.take(1)[0].answer(APPLIED)
+        wait_for(lambda: first, what="the first report")
+        older = submit(store, ["k1"], event_ms=1000)
+        wait_for(lambda: older, what="the older write's report")
+        assert older[0].statuses == [RowStatus.STALE] and older[0].cache_skips == 1
+        assert session.pending == [] and session.sent == 1
+    finally:
+        store.close()
+
+
+def test_a_failed_write_leaves_nothing_in_the_stale_cache_for_the_features_it_did_not_write() -> None:
+    """Two features found newer (stale), the third refused: the third still holds its old version, so a
+    later write between the two must be sent, not skipped as certainly stale."""
+    session = Session()
+    store = cached_store(session)
+    features = [f.name for f in driver_view().features]
+    try:
+        failed = submit(store, ["k1"], event_ms=1000)
+        session.take(1)[0].answer(not_applied("k1", {features[0]: 5000, features[1]: 5000, features[2]: 500}))
+        session.take(1)[0].fail(InvalidRequest("refused"))  # the round of the third feature alone
+        wait_for(lambda: failed, what="the failed write's report")
+        assert failed[0].statuses == [RowStatus.FAILED]
+        later = submit(store, ["k1"], event_ms=999)
+        [sent] = session.take(1)
+        assert 999 in sent.request[1]
+        sent.answer(APPLIED)
+        wait_for(lambda: later, what="the later write's report")
+        assert later[0].statuses == [RowStatus.APPLIED] and later[0].cache_skips == 0
     finally:
         store.close()
