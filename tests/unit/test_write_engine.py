@@ -77,8 +77,8 @@ def rows(keys: list[str], event_ms: int = 1000) -> EncodedRows:
                        {f.name: [b"v"] * n for f in view.features})
 
 
-def store_with(session: Session) -> CassandraStore:
-    store = CassandraStore(CassandraOptions(keyspace="ks", cache_entries=0), retry_backoff=Backoff(1, 5))
+def store_with(session: Session, cache_entries: int = 0) -> CassandraStore:
+    store = CassandraStore(CassandraOptions(keyspace="ks", cache_entries=cache_entries), retry_backoff=Backoff(1, 5))
     store._session = session  # never connects: requests go to the scripted session
     return store
 
@@ -307,8 +307,7 @@ def test_of_two_waiting_writes_of_one_entity_the_older_is_stale_at_once() -> Non
 
 
 def cached_store(session: Session) -> CassandraStore:
-    store = CassandraStore(CassandraOptions(keyspace="ks", cache_entries=100), retry_backoff=Backoff(1, 5))
-    store._session = session
+    store = store_with(session, cache_entries=100)
     store._table_exists = lambda view: True  # type: ignore[method-assign]  # a refusal is then the row's own
     return store
 
