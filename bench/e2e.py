@@ -245,6 +245,25 @@ def anchor_feast(setup: Setup, name: str, records: Sequence[Record]) -> float:
     return float(result["rows"] / result["seconds"])
 
 
+def warm_up(setup: Setup, records: int, start_ms: int) -> None:
+    """One unreported round of ours, (a) and (b) on `records` uniform records: the JVMs' compilers, the page
+    cache and the daemon's first allocations are paid here rather than by whichever candidate runs first."""
+    started = time.monotonic()
+    data = make_records(records, 1_000_000, None, seed=1, start_ms=start_ms)
+    probe, ours = run_ours(setup, "warmup", data)
+    view = setup.settings("anchor_warmup", "unused").views[0]
+    keys = sorted({w[0] for w in probe.written})
+    store = setup.store(f"bench_warmup_alone_{setup.run}", view, keys)
+    writer_alone(store, view, probe.written)
+    store.close()
+    store = setup.store(f"bench_warmup_raw_{setup.run}", view, keys)
+    raw_loop(store.session, store.options.keyspace, view, probe.written, 512)
+    store.close()
+    print(f"warm-up (not counted): {records:,} records, ours {ours.rate:,.0f} writes/s, "
+          f"{time.monotonic() - started:.0f} s in all")
+    print()
+
+
 def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
     windows = [int(w) for w in args.raw_windows.split(",")]
     print("| distribution | ours records/s | ours guarded writes/s | (a) writer alone writes/s | ours / (a) "
@@ -419,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rss-records", type=int, default=0, help="also measure peak RSS on this backlog")
     parser.add_argument("--rss-entities", type=int, default=20_000)
     parser.add_argument("--phases", default="throughput,freshness", help="throughput, freshness, rss")
+    parser.add_argument("--warmup-records", type=int, default=5_000,
+                        help="a round of ours, (a) and (b) on this many records first, not counted (0: none)")
     args = parser.parse_args(argv)
 
     endpoints, _ = localstack.up(["kafka", "cassandra"], echo=lambda _: None)
@@ -429,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     phases = set(args.phases.split(",")) | ({"rss"} if args.rss_records else set())
     failed = False
     max_rate = args.max_rate
+    if args.warmup_records:
+        warm_up(setup, args.warmup_records, start_ms)
     if "throughput" in phases:
         measured = throughput(setup, args, start_ms)
         max_rate = max_rate or measured
