@@ -247,20 +247,30 @@ def anchor_feast(setup: Setup, name: str, records: Sequence[Record]) -> float:
     return float(result["rows"] / result["seconds"])
 
 
+def writer_anchors(setup: Setup, name: str, rows: Sequence[Row],
+                   windows: Sequence[int]) -> tuple[Measured, list[Measured]]:
+    """(a) on `rows`, and (b) with each of `windows` requests in flight, each on a keyspace of its own seeded
+    with the rows' entities."""
+    view = setup.settings(f"anchor_{name}", "unused").views[0]
+    keys = sorted({row[0] for row in rows})
+    store = setup.store(f"bench_{name}_alone_{setup.run}", view, keys)
+    alone = writer_alone(store, view, rows)
+    store.close()
+    raws = []
+    for window in windows:
+        store = setup.store(f"bench_{name}_raw{window}_{setup.run}", view, keys)
+        raws.append(raw_loop(store.session, store.options.keyspace, view, rows, window))
+        store.close()
+    return alone, raws
+
+
 def warm_up(setup: Setup, records: int, start_ms: int) -> None:
     """One unreported round of ours, (a) and (b) on `records` uniform records: the JVMs' compilers, the page
     cache and the daemon's first allocations are paid here rather than by whichever candidate runs first."""
     started = time.monotonic()
     data = make_records(records, 1_000_000, None, seed=1, start_ms=start_ms)
     probe, ours = run_ours(setup, "warmup", data)
-    view = setup.settings("anchor_warmup", "unused").views[0]
-    keys = sorted({w[0] for w in probe.written})
-    store = setup.store(f"bench_warmup_alone_{setup.run}", view, keys)
-    writer_alone(store, view, probe.written)
-    store.close()
-    store = setup.store(f"bench_warmup_raw_{setup.run}", view, keys)
-    raw_loop(store.session, store.options.keyspace, view, probe.written, 512)
-    store.close()
+    writer_anchors(setup, "warmup", probe.written, [512])
     print(f"warm-up (not counted): {records:,} records, ours {ours.rate:,.0f} writes/s, "
           f"{time.monotonic() - started:.0f} s in all")
     print()
@@ -279,16 +289,7 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
         # Ours runs before the anchors and again after them, each time on freshly seeded entities: the stack's
         # state drifts during a run (compaction, the JVMs' compilers), and one side should not get all of it.
         probe, before = run_ours(setup, name, records)
-        view = setup.settings(f"anchor_{name}", "unused").views[0]
-        keys = sorted({w[0] for w in probe.written})
-        store = setup.store(f"bench_{name}_alone_{setup.run}", view, keys)
-        alone = writer_alone(store, view, probe.written)
-        store.close()
-        raws = []
-        for window in windows:
-            store = setup.store(f"bench_{name}_raw{window}_{setup.run}", view, keys)
-            raws.append(raw_loop(store.session, store.options.keyspace, view, probe.written, window))
-            store.close()
+        alone, raws = writer_anchors(setup, name, probe.written, windows)
         raw = max(raws, key=lambda m: m.rate)
         feast = anchor_feast(setup, name, records)
         _, after = run_ours(setup, f"{name}_again", records)
