@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,20 @@ RETRY_BACKOFF = Backoff(100, 2000)
 # The loop hears of a failure once more than MAX_RETRIES came in a row, or once a write has been failing this long,
 # whichever comes first (a node that hangs fails each request only after the request timeout).
 TROUBLE_AFTER_S = 5.0
+
+
+def drop_timer(future: weakref.ref[Any]) -> None:
+    """Let an answered request's objects go as soon as nothing uses them.
+
+    cassandra-driver's ResponseFuture keeps its request timer after cancelling it, and the timer holds the
+    future's own bound method: a reference cycle, so each request's future, statement, message, event and
+    our callbacks' arguments (about 36 objects per guarded write) outlived it until the cyclic collector
+    found them. Requests live a few ms, long enough to reach the older generations, whose full collections
+    then took 150-300 ms of CPU each with the GIL held, some 0.1 ms per write in a backlog
+    (docs/performance.md). Called after the driver has cancelled the timer (it does before any callback)."""
+    answered = future()
+    if answered is not None:
+        answered._timer = None
 
 
 @dataclass(order=True)
@@ -171,14 +186,23 @@ class WriteWindow:
         if report.sent_at[index] is None:
             report.sent_at[index] = started
         self._in_flight += 1
-        answered = self._answered
         try:
             future = self._session().execute_async(request)
         except Exception as exc:  # noqa: BLE001 - raised before sending (no host): answered like an error
             self._answered(entry, None, exc, started)
             return
-        future.add_callbacks(callback=lambda rows: answered(entry, rows, None, started),
-                             errback=lambda exc: answered(entry, None, exc, started))
+        # Weakly: the future holds these arguments, and a strong reference back would make a cycle again.
+        ref = weakref.ref(future)
+        future.add_callbacks(callback=self._took_rows, callback_args=(entry, started, ref),
+                             errback=self._took_error, errback_args=(entry, started, ref))
+
+    def _took_rows(self, rows: Any, entry: Entry, started: float, future: weakref.ref[Any]) -> None:
+        drop_timer(future)
+        self._answered(entry, rows, None, started)
+
+    def _took_error(self, error: BaseException, entry: Entry, started: float, future: weakref.ref[Any]) -> None:
+        drop_timer(future)
+        self._answered(entry, None, error, started)
 
     def _on_answer(self, entry: Entry, rows: Any, error: BaseException | None, started: float) -> None:
         self._in_flight -= 1

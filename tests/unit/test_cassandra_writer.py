@@ -63,7 +63,8 @@ class _SilentSession:
         self.sent += 1
 
         class Future:
-            def add_callbacks(self, callback: object, errback: object) -> None:
+            def add_callbacks(self, callback: object, errback: object, callback_args: object = (),
+                              errback_args: object = ()) -> None:
                 pass
 
         return Future()

@@ -22,20 +22,23 @@ APPLIED = [{"[applied]": True}]
 
 
 class Future:
+    """The driver's ResponseFuture as the writer uses it: callbacks with their extra arguments."""
+
     def __init__(self, request: Any) -> None:
         self.request = request
-        self._callbacks: tuple[Any, Any] | None = None
+        self._callbacks: tuple[Any, tuple[Any, ...], Any, tuple[Any, ...]] | None = None
 
-    def add_callbacks(self, callback: Any, errback: Any) -> None:
-        self._callbacks = (callback, errback)
+    def add_callbacks(self, callback: Any, errback: Any, callback_args: tuple[Any, ...] = (),
+                      errback_args: tuple[Any, ...] = ()) -> None:
+        self._callbacks = (callback, callback_args, errback, errback_args)
 
     def answer(self, rows: Any) -> None:
         assert self._callbacks is not None
-        self._callbacks[0](rows)
+        self._callbacks[0](rows, *self._callbacks[1])
 
     def fail(self, error: BaseException) -> None:
         assert self._callbacks is not None
-        self._callbacks[1](error)
+        self._callbacks[2](error, *self._callbacks[3])
 
 
 class Session:
