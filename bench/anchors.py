@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from cassandra.concurrent import execute_concurrent
 
 from consumer.app import settle_heap
 from consumer.cassandra.schema import table_name
+from consumer.cassandra.window import drop_timer
 from consumer.cassandra.writer import CassandraStore
 from consumer.core.guard import NULL_MS
 from consumer.core.store import EncodedRows, WriteReport
@@ -56,12 +58,32 @@ def machine_busy_s() -> tuple[float, float]:
     return (sum(ticks) - idle) / _CLOCK_TICKS, sum(ticks) / _CLOCK_TICKS
 
 
+class Meter:
+    """CPU seconds so far: this process's (`client`), each named service's, and the whole machine's busy time
+    (`machine`, all cores; `total`: all cores' time, busy or not). The cores are shared by everything here, so
+    a candidate's cost is the CPU the services spent for it as well as its own."""
+
+    def __init__(self, services: Mapping[str, int | None] | None = None) -> None:
+        self._pids = {name: pid for name, pid in (services or {}).items() if pid}
+
+    def read(self) -> dict[str, float]:
+        busy, total = machine_busy_s()
+        now = {"machine": busy, "total": total, "client": process_cpu_s()}
+        now.update({name: pid_cpu_s(pid) for name, pid in self._pids.items()})
+        return now
+
+    @staticmethod
+    def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+        return {name: after[name] - before[name] for name in before}
+
+
 @dataclass
 class Measured:
     rows: int
     seconds: float
     cpu_s: float
     setting: str = ""
+    spent: dict[str, float] = field(default_factory=dict)  # Meter.spent over the timed part
 
     @property
     def rate(self) -> float:
@@ -70,6 +92,15 @@ class Measured:
     @property
     def cpu_ms_per_row(self) -> float:
         return 1000 * self.cpu_s / self.rows
+
+    def ms_per_row(self, name: str) -> float:
+        """CPU ms per row of `name` in `spent` (nan when it was not measured)."""
+        return 1000 * self.spent[name] / self.rows if name in self.spent else float("nan")
+
+    def __add__(self, other: Measured) -> Measured:
+        spent = {name: value + other.spent[name] for name, value in self.spent.items() if name in other.spent}
+        return Measured(self.rows + other.rows, self.seconds + other.seconds, self.cpu_s + other.cpu_s,
+                        self.setting, spent)
 
 
 def seed_store(store: CassandraStore, view: FeatureView, keys: Sequence[str]) -> None:
@@ -82,7 +113,8 @@ def seed_store(store: CassandraStore, view: FeatureView, keys: Sequence[str]) ->
         execute_concurrent(store.session, params[start:start + 50_000], concurrency=256, raise_on_first_error=True)
 
 
-def writer_alone(store: CassandraStore, view: FeatureView, rows: Sequence[Row], chunk: int = 5000) -> Measured:
+def writer_alone(store: CassandraStore, view: FeatureView, rows: Sequence[Row], chunk: int = 5000,
+                 meter: Meter | None = None) -> Measured:
     """(a): the rows, as encoded rows, through our writer; the keyspace must be seeded already."""
     features = [f.name for f in view.features]
     batches = []
@@ -100,14 +132,15 @@ def writer_alone(store: CassandraStore, view: FeatureView, rows: Sequence[Row], 
 
     store.write(view, _first(batches[0]))  # connect and prepare: not timed
     settle_heap()  # as the daemon does before its loop
-    cpu, started = process_cpu_s(), time.perf_counter()
+    meter = meter or Meter()
+    before, started = meter.read(), time.perf_counter()
     for batch in batches:
         store.submit(view, batch, finished)
     for _ in batches:
         done.acquire()
-    seconds, cpu = time.perf_counter() - started, process_cpu_s() - cpu
+    seconds, spent = time.perf_counter() - started, Meter.spent(before, meter.read())
     assert all(r.error is None and not r.failures for r in reports)
-    return Measured(len(rows), seconds, cpu)
+    return Measured(len(rows), seconds, spent["client"], spent=spent)
 
 
 def _first(rows: EncodedRows) -> EncodedRows:
@@ -140,12 +173,14 @@ def raw_paced(session: Any, keyspace: str, view: FeatureView, keys: Sequence[str
     failures: list[BaseException] = []
     answered = threading.Semaphore(0)
 
-    def done(_result: Any, sent: float) -> None:
+    def done(_result: Any, sent: float, future: weakref.ref[Any]) -> None:
         latencies.append(time.perf_counter() - sent)
+        drop_timer(future)
         answered.release()
 
-    def failed(error: BaseException, _sent: float) -> None:
+    def failed(error: BaseException, _sent: float, future: weakref.ref[Any]) -> None:
         failures.append(error)
+        drop_timer(future)
         answered.release()
 
     cpu, started = pid_cpu_s(cassandra_pid) if cassandra_pid else 0.0, time.perf_counter()
@@ -158,8 +193,9 @@ def raw_paced(session: Any, keyspace: str, view: FeatureView, keys: Sequence[str
         for _f in view.features:
             params += (b"\x00", ms, ms, key, ms)
         sent = time.perf_counter()
-        session.execute_async(prepared.bind(params)).add_callbacks(done, failed, callback_args=(sent,),
-                                                                   errback_args=(sent,))
+        future = session.execute_async(prepared.bind(params))
+        ref = weakref.ref(future)
+        future.add_callbacks(done, failed, callback_args=(sent, ref), errback_args=(sent, ref))
     for _ in keys:
         answered.acquire()
     seconds = time.perf_counter() - started
@@ -168,7 +204,8 @@ def raw_paced(session: Any, keyspace: str, view: FeatureView, keys: Sequence[str
     return Paced(len(keys) / seconds, latencies, cores)
 
 
-def raw_loop(session: Any, keyspace: str, view: FeatureView, rows: Sequence[Row], window: int) -> Measured:
+def raw_loop(session: Any, keyspace: str, view: FeatureView, rows: Sequence[Row], window: int,
+             meter: Meter | None = None) -> Measured:
     """(b): the same conditional batches, straight through the driver, `window` requests in flight."""
     features = [f.name for f in view.features]
     prepared = _update_older_batch(session, keyspace, view)
@@ -193,23 +230,26 @@ def raw_loop(session: Any, keyspace: str, view: FeatureView, rows: Sequence[Row]
         for f in features:
             params += (values[f], event_ms, created, key, event_ms)
         future = session.execute_async(prepared.bind(params))
-        future.add_callbacks(answered, failed)
+        ref = weakref.ref(future)
+        future.add_callbacks(answered, failed, callback_args=(ref,), errback_args=(ref,))
 
-    def answered(_rows: Any) -> None:
+    def answered(_rows: Any, future: weakref.ref[Any]) -> None:
         nonlocal outstanding
+        drop_timer(future)  # as our writer does: else each request is a reference cycle (consumer/cassandra/window.py)
         with lock:
             outstanding -= 1
         send_next()
 
-    def failed(error: BaseException) -> None:
+    def failed(error: BaseException, future: weakref.ref[Any]) -> None:
         failures.append(error)
-        answered(None)
+        answered(None, future)
 
     settle_heap()
-    cpu, started = process_cpu_s(), time.perf_counter()
+    meter = meter or Meter()
+    before, started = meter.read(), time.perf_counter()
     for _ in range(min(window, len(rows))):
         send_next()
     finished.wait()
-    seconds, cpu = time.perf_counter() - started, process_cpu_s() - cpu
+    seconds, spent = time.perf_counter() - started, Meter.spent(before, meter.read())
     assert not failures, failures[:3]
-    return Measured(len(rows), seconds, cpu, f"window {window}")
+    return Measured(len(rows), seconds, spent["client"], f"window {window}", spent)

@@ -47,11 +47,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.anchors import (
     Measured,
+    Meter,
     Paced,
     Row,
-    machine_busy_s,
-    pid_cpu_s,
-    process_cpu_s,
     raw_loop,
     raw_paced,
     seed_store,
@@ -153,6 +151,8 @@ class Setup:
     run: str
     workdir: Path
     topics: list[str] = field(default_factory=list)
+    meter: Meter = field(default_factory=lambda: Meter(
+        {name: localstack.service_pid(name) for name in ("cassandra", "kafka")}))
 
     def topic(self, name: str) -> str:
         topic = f"bench_{name}_{self.run}"
@@ -217,14 +217,14 @@ def run_ours(setup: Setup, name: str, records: Sequence[Record]) -> tuple[Probe,
     daemon = build(settings, serve_metrics=False, extra_events=probe)
     probe.stop = daemon.pipeline.stop
     settle_heap()  # Daemon.run does it again (nothing left to do then): its start-up cost stays out of the CPU
-    cpu = process_cpu_s()
+    before = setup.meter.read()
     try:
         daemon.run()
     finally:
         daemon.close()
-    cpu = process_cpu_s() - cpu
+    spent = Meter.spent(before, setup.meter.read())
     assert probe.first is not None and probe.last is not None
-    return probe, Measured(len(probe.written), probe.last - probe.first, cpu)
+    return probe, Measured(len(probe.written), probe.last - probe.first, spent["client"], spent=spent)
 
 
 def anchor_feast(setup: Setup, name: str, records: Sequence[Record]) -> float:
@@ -254,12 +254,12 @@ def writer_anchors(setup: Setup, name: str, rows: Sequence[Row],
     view = setup.settings(f"anchor_{name}", "unused").views[0]
     keys = sorted({row[0] for row in rows})
     store = setup.store(f"bench_{name}_alone_{setup.run}", view, keys)
-    alone = writer_alone(store, view, rows)
+    alone = writer_alone(store, view, rows, meter=setup.meter)
     store.close()
     raws = []
     for window in windows:
         store = setup.store(f"bench_{name}_raw{window}_{setup.run}", view, keys)
-        raws.append(raw_loop(store.session, store.options.keyspace, view, rows, window))
+        raws.append(raw_loop(store.session, store.options.keyspace, view, rows, window, setup.meter))
         store.close()
     return alone, raws
 
@@ -280,8 +280,9 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
     windows = [int(w) for w in args.raw_windows.split(",")]
     print("| distribution | ours records/s | ours: before / after the anchors | ours guarded writes/s "
           "| (a) writer alone writes/s | ours / (a) | (b) raw driver loop writes/s | ours / (b) | (c) Feast rows/s "
-          "| ours / (c) | CPU ms per guarded write: ours / (a) / (b) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| ours / (c) | CPU ms per guarded write: ours / (a) / (b) "
+          "| machine CPU ms per guarded write (Cassandra, Kafka): ours / (a) / (b) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     uniform_rate = 0.0
     for name, entities, zipf_s in [("uniform", args.uniform_entities, None),
                                    ("zipf", args.zipf_entities, args.zipf_s)]:
@@ -293,7 +294,7 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
         raw = max(raws, key=lambda m: m.rate)
         feast = anchor_feast(setup, name, records)
         _, after = run_ours(setup, f"{name}_again", records)
-        ours = Measured(before.rows + after.rows, before.seconds + after.seconds, before.cpu_s + after.cpu_s)
+        ours = before + after
         records_rate = 2 * len(records) / ours.seconds
         if name == "uniform":
             uniform_rate = records_rate
@@ -302,9 +303,15 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
               f"| {ours.rate:,.0f} | {alone.rate:,.0f} | {ours.rate / alone.rate:.2f} "
               f"| {raw.rate:,.0f} ({raw.setting}) | {ours.rate / raw.rate:.2f} | {feast:,.0f} "
               f"| {records_rate / feast:.2f} | {ours.cpu_ms_per_row:.2f} / {alone.cpu_ms_per_row:.2f} / "
-              f"{raw.cpu_ms_per_row:.2f} |", flush=True)
+              f"{raw.cpu_ms_per_row:.2f} | {' / '.join(_machine(m) for m in (ours, alone, raw))} |", flush=True)
     print()
     return uniform_rate
+
+
+def _machine(measured: Measured) -> str:
+    """The whole machine's busy CPU per guarded write, and the part Cassandra's and Kafka's processes spent."""
+    return (f"{measured.ms_per_row('machine'):.2f} ({measured.ms_per_row('cassandra'):.2f}, "
+            f"{measured.ms_per_row('kafka'):.2f})")
 
 
 def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
@@ -320,14 +327,7 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
     daemon = build(settings, serve_metrics=False, extra_events=probe)
     probe.stop = daemon.pipeline.stop
     # Where the machine's CPU went while records were produced: the cores are shared by everything here.
-    pids = {name: localstack.service_pid(name) for name in ("cassandra", "kafka")}
     cpu: dict[str, float] = {}
-
-    def cpu_now() -> dict[str, float]:
-        busy, total = machine_busy_s()
-        now = {"busy": busy, "total": total, "ours": process_cpu_s()}
-        now.update({name: pid_cpu_s(pid) if pid else float("nan") for name, pid in pids.items()})
-        return now
 
     # The outside check runs in a process of its own: it shares the cores, not the loop's interpreter.
     outside = subprocess.Popen([sys.executable, "-m", "bench.freshness", setup.endpoints.bootstrap_servers, topic,
@@ -339,10 +339,10 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
         assert outside.stdout is not None and outside.stdout.readline().strip() == "ready"
         time.sleep(5)  # let the group settle and Cassandra flush after seeding
         probe.freshness.clear()
-        before = cpu_now()
+        before = setup.meter.read()
         subprocess.run([sys.executable, str(ROOT / "bench" / "produce_at_rate.py"), setup.endpoints.bootstrap_servers,
                         topic, str(rate), str(seconds), str(entities)], check=True, capture_output=True)
-        cpu.update({k: v - before[k] for k, v in cpu_now().items()})
+        cpu.update(Meter.spent(before, setup.meter.read()))
         ends = {(r.topic, r.partition): r.log_end
                 for r in group_lag({"bootstrap.servers": setup.endpoints.bootstrap_servers}, "none", [topic])}
         probe.ends = ends
@@ -364,7 +364,8 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
     return {"rate": rate, "rows": len(inside), "p50": percentile(inside, 50), "p99": percentile(inside, 99),
             "p999": percentile(inside, 99.9), "probe_rows": len(seen), "probe_p50": percentile(seen, 50),
             "probe_p99": percentile(seen, 99), "probe_unseen": checked["unseen"],
-            "cores": {k: cpu[k] / cpu["total"] * (os.cpu_count() or 1) for k in ("busy", "ours", "cassandra", "kafka")}}
+            "cores": {k: cpu.get(k, float("nan")) / cpu["total"] * (os.cpu_count() or 1)
+                      for k in ("machine", "client", "cassandra", "kafka")}}
 
 
 def paced_floor(setup: Setup, rate: float, seconds: float) -> Paced:
@@ -475,7 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"| {r['rate']:,.0f}/s | {fraction:.0%} | {r['rows']:,} | {r['p50'] * 1000:.1f} "
                   f"| {r['p99'] * 1000:.1f} | {r['p999'] * 1000:.1f} | {r['probe_rows']:,} "
                   f"| {r['probe_p50'] * 1000:.1f} | {r['probe_p99'] * 1000:.1f} | {r['probe_unseen']} "
-                  f"| {c['busy']:.2f} / {c['ours']:.2f} / {c['cassandra']:.2f} / {c['kafka']:.2f} "
+                  f"| {c['machine']:.2f} / {c['client']:.2f} / {c['cassandra']:.2f} / {c['kafka']:.2f} "
                   f"| {percentile(floor.latencies, 50) * 1000:.1f} / {percentile(floor.latencies, 99) * 1000:.1f}, "
                   f"{floor.cassandra_cores:.2f} |", flush=True)
         print()
