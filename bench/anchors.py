@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from cassandra.concurrent import execute_concurrent
 
 from consumer.app import settle_heap
 from consumer.cassandra.schema import table_name
-from consumer.cassandra.window import drop_timer
+from consumer.cassandra.window import when_answered
 from consumer.cassandra.writer import CassandraStore
 from consumer.core.guard import NULL_MS
 from consumer.core.store import EncodedRows, WriteReport
@@ -173,14 +172,12 @@ def raw_paced(session: Any, keyspace: str, view: FeatureView, keys: Sequence[str
     failures: list[BaseException] = []
     answered = threading.Semaphore(0)
 
-    def done(_result: Any, sent: float, future: weakref.ref[Any]) -> None:
+    def done(_result: Any, sent: float) -> None:
         latencies.append(time.perf_counter() - sent)
-        drop_timer(future)
         answered.release()
 
-    def failed(error: BaseException, _sent: float, future: weakref.ref[Any]) -> None:
+    def failed(error: BaseException, _sent: float) -> None:
         failures.append(error)
-        drop_timer(future)
         answered.release()
 
     cpu, started = pid_cpu_s(cassandra_pid) if cassandra_pid else 0.0, time.perf_counter()
@@ -193,9 +190,8 @@ def raw_paced(session: Any, keyspace: str, view: FeatureView, keys: Sequence[str
         for _f in view.features:
             params += (b"\x00", ms, ms, key, ms)
         sent = time.perf_counter()
-        future = session.execute_async(prepared.bind(params))
-        ref = weakref.ref(future)
-        future.add_callbacks(done, failed, callback_args=(sent, ref), errback_args=(sent, ref))
+        # As our writer does: else each request is a reference cycle (consumer/cassandra/window.py).
+        when_answered(session.execute_async(prepared.bind(params)), done, failed, sent)
     for _ in keys:
         answered.acquire()
     seconds = time.perf_counter() - started
@@ -229,20 +225,17 @@ def raw_loop(session: Any, keyspace: str, view: FeatureView, rows: Sequence[Row]
         params: list[Any] = []
         for f in features:
             params += (values[f], event_ms, created, key, event_ms)
-        future = session.execute_async(prepared.bind(params))
-        ref = weakref.ref(future)
-        future.add_callbacks(answered, failed, callback_args=(ref,), errback_args=(ref,))
+        when_answered(session.execute_async(prepared.bind(params)), answered, failed)  # as our writer does
 
-    def answered(_rows: Any, future: weakref.ref[Any]) -> None:
+    def answered(_rows: Any) -> None:
         nonlocal outstanding
-        drop_timer(future)  # as our writer does: else each request is a reference cycle (consumer/cassandra/window.py)
         with lock:
             outstanding -= 1
         send_next()
 
-    def failed(error: BaseException, future: weakref.ref[Any]) -> None:
+    def failed(error: BaseException) -> None:
         failures.append(error)
-        answered(None, future)
+        answered(None)
 
     settle_heap()
     meter = meter or Meter()

@@ -44,18 +44,27 @@ RETRY_BACKOFF = Backoff(100, 2000)
 TROUBLE_AFTER_S = 5.0
 
 
-def drop_timer(future: weakref.ref[Any]) -> None:
-    """Let an answered request's objects go as soon as nothing uses them.
+def when_answered(future: Any, callback: Callable[..., None], errback: Callable[..., None], *args: Any) -> None:
+    """Call `callback(rows, *args)` or `errback(error, *args)` when the driver's request `future` is answered,
+    and let the request's objects go as soon as nothing uses them.
 
     cassandra-driver's ResponseFuture keeps its request timer after cancelling it, and the timer holds the
     future's own bound method: a reference cycle, so each request's future, statement, message, event and
     our callbacks' arguments (about 36 objects per guarded write) outlived it until the cyclic collector
     found them. Requests live a few ms, long enough to reach the older generations, whose full collections
     then took 150-300 ms of CPU each with the GIL held, some 0.1 ms per write in a backlog
-    (docs/performance.md). Called after the driver has cancelled the timer (it does before any callback)."""
+    (docs/performance.md). So the timer is dropped once the driver has cancelled it (it does before any
+    callback), and the future is held weakly: the arguments it keeps must not lead back to it."""
+    ref = weakref.ref(future)
+    future.add_callbacks(callback=_drop_timer_then, callback_args=(ref, callback, args),
+                         errback=_drop_timer_then, errback_args=(ref, errback, args))
+
+
+def _drop_timer_then(result: Any, future: weakref.ref[Any], then: Callable[..., None], args: tuple[Any, ...]) -> None:
     answered = future()
     if answered is not None:
         answered._timer = None
+    then(result, *args)
 
 
 @dataclass(order=True)
@@ -191,17 +200,12 @@ class WriteWindow:
         except Exception as exc:  # noqa: BLE001 - raised before sending (no host): answered like an error
             self._answered(entry, None, exc, started)
             return
-        # Weakly: the future holds these arguments, and a strong reference back would make a cycle again.
-        ref = weakref.ref(future)
-        future.add_callbacks(callback=self._took_rows, callback_args=(entry, started, ref),
-                             errback=self._took_error, errback_args=(entry, started, ref))
+        when_answered(future, self._took_rows, self._took_error, entry, started)
 
-    def _took_rows(self, rows: Any, entry: Entry, started: float, future: weakref.ref[Any]) -> None:
-        drop_timer(future)
+    def _took_rows(self, rows: Any, entry: Entry, started: float) -> None:
         self._answered(entry, rows, None, started)
 
-    def _took_error(self, error: BaseException, entry: Entry, started: float, future: weakref.ref[Any]) -> None:
-        drop_timer(future)
+    def _took_error(self, error: BaseException, entry: Entry, started: float) -> None:
         self._answered(entry, None, error, started)
 
     def _on_answer(self, entry: Entry, rows: Any, error: BaseException | None, started: float) -> None:

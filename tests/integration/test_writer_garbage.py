@@ -2,7 +2,7 @@
 
 cassandra-driver keeps each request's cancelled timer, which refers back to the request: unless the
 writer breaks that cycle, every write leaves a few dozen objects for the cyclic collector, whose full
-collections then stall the loop (consumer/cassandra/window.py, drop_timer). This fails if the writer
+collections then stall the loop (consumer/cassandra/window.py, when_answered). This fails if the writer
 or a new driver version brings the cycle back.
 """
 
