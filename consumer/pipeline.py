@@ -212,6 +212,8 @@ class Pipeline(RebalanceListener):
         self._finish_if_done(flight)
 
     def _on_delivered(self, ticket: int, item: Rejected, error: DeadLetterUnavailable | None) -> None:
+        if error is None:  # on the topic: counted even when its partition was lost meanwhile (it is sent again)
+            self.events.dead_lettered([item])
         flight = self.flights.get(ticket)
         if flight is None:
             return
@@ -219,7 +221,6 @@ class Pipeline(RebalanceListener):
             flight.unsent_letters.append(item)
             self._trouble("dead letters", error)
             return
-        self.events.dead_lettered([item])
         flight.letters_left -= 1
         if not self.flights.any_unsent_letters():
             self._recovered("dead letters")

@@ -255,10 +255,15 @@ class Daemon:
     def assert_alive(self) -> None:
         code = self.proc.poll()
         if code is not None:
-            raise AssertionError(f"daemon exited with {code}; log:\n{self.log()}")
+            raise AssertionError(f"daemon exited with {code}; log:\n{self.tail()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
+        """All it has logged: what a test looks for (or must not find) may be anywhere in it."""
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, chars: int = 6000) -> str:
+        """The end of the log, for a failure's message."""
+        return self.log()[-chars:]
 
     def diagnose(self, lines: int = 200) -> str:
         """Every thread's stack (the daemon prints them on SIGUSR1 and goes on) after its last log lines,

@@ -196,6 +196,7 @@ class Recorder(Events):
         self.failures = 0
         self.paused_now: set[tuple[str, int]] = set()
         self.in_flight_records: list[int] = []
+        self.dead_letters = 0
 
     def batch_assembled(self, batch: Any) -> None:
         self.assembled += 1
@@ -208,6 +209,9 @@ class Recorder(Events):
 
     def in_flight(self, records: int) -> None:
         self.in_flight_records.append(records)
+
+    def dead_lettered(self, rejected: list[Any]) -> None:
+        self.dead_letters += len(rejected)
 
 
 def test_a_batch_is_assembled_once_through_an_outage_and_new_partitions_show_as_paused() -> None:
@@ -296,6 +300,21 @@ def test_lost_partitions_are_dropped_without_a_commit(h: Harness) -> None:
     h.store.release()
     h.steps(2)
     assert len(h.pipeline.intake) == 0 and not h.pipeline.flights
+    assert h.source.commits == []
+
+
+def test_a_dead_letter_acknowledged_after_its_partition_was_lost_is_counted_and_not_committed() -> None:
+    """It is on the topic, so the count says so (the next owner reads the record again and sends a second
+    copy, counted too: the count stays equal to the messages on the topic)."""
+    events = Recorder()
+    h = Harness(events=events)
+    h.source.rebalance("assign", [P1])
+    h.produce(1, [b"\x09garbage"])
+    h.pipeline.step()  # read
+    h.source.rebalance("lost", [P1])
+    h.steps(3)  # decode and send; lost; the acknowledgement comes after the flight is gone
+    assert len(h.dlq.sent) == 1 and not h.pipeline.flights
+    assert events.dead_letters == 1
     assert h.source.commits == []
 
 
