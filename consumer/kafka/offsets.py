@@ -80,8 +80,18 @@ class OffsetReader:
         return out
 
     def watermarks(self, partition: TP, timeout_s: float = 5.0) -> tuple[int, int]:
-        """(low, high) watermark, asked of the partition's leader (not the cache, stale while paused)."""
-        low, high = self._consumer.get_watermark_offsets(TopicPartition(*partition), timeout=timeout_s, cached=False)
+        """(low, high) watermark, asked of the partition's leader (not the cache, stale while paused).
+
+        A handle that never subscribes keeps the leaders it learnt until librdkafka's periodic metadata
+        refresh (minutes): once a leader dies, every ask goes to the dead broker and fails. So a failed
+        ask refreshes the topic's metadata and asks once more.
+        """
+        tp = TopicPartition(*partition)
+        try:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+        except KafkaException:
+            self._consumer.list_topics(partition[0], timeout=timeout_s)
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
         return int(low), int(high)
 
     def log_ends(self, partitions: Iterable[TP], timeout_s: float = 5.0) -> dict[TP, int]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaException
 
-from consumer.config.sections import CassandraSettings
+from consumer.config.sections import CassandraSettings, MetricsSettings
 from stack import cluster as local_cluster
 from tests.cluster.support import (
     CAS_TIMEOUT,
@@ -31,8 +31,8 @@ from tests.cluster.support import (
     write_errors,
 )
 from tests.daemon import Daemon, Deployment
-from tests.helpers import free_port
-from tests.scrape import Sampler, describe_pauses, get, total
+from tests.helpers import free_port, wait_for
+from tests.scrape import Sampler, by_partition, describe_pauses, get, total
 from tests.workload import generate
 
 pytestmark = pytest.mark.cluster
@@ -43,6 +43,8 @@ REQUEST_TIMEOUT_S = float(CassandraSettings.model_fields["request_timeout_s"].de
 # "No pause beyond its timeouts": with a quorum up, a pause (if any) lasts at most about one client-side
 # request timeout and the retry pauses after it.
 MAX_PAUSE_WITH_QUORUM_S = REQUEST_TIMEOUT_S + 5
+# How often the daemon asks the brokers for its partitions' log ends (metrics.lag_interval_s, its default).
+LAG_INTERVAL_S = float(MetricsSettings.model_fields["lag_interval_s"].default)
 
 
 def start_daemon(deployment: Deployment, daemons: list[Daemon], name: str = "d0") -> Sampler:
@@ -276,6 +278,11 @@ def test_kill_9_the_broker_leading_the_busiest_partitions(
             time.sleep(0.3)
         stream.join()
         deployment.wait_caught_up(timeout_s=240, daemons=daemons)
+        # The lag figures follow the new leaders: the log ends the daemon asks of the brokers reach the real
+        # ones (before the fix, its handle kept asking the dead leader for minutes).
+        real = {(row.topic, row.partition): row.log_end for row in deployment.lag()}
+        wait_for(lambda: by_partition(sampler.last(), "feature_consumer_log_end_offset") == real,
+                 timeout_s=3 * LAG_INTERVAL_S + 10, what=f"the daemon's log end offsets to reach {real}")
     finally:
         stream.stop()
         sampler.stop()

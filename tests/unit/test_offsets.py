@@ -39,6 +39,8 @@ class FakeConsumer:
         self.moving_for = moving_for  # answers with NOT_COORDINATOR this many times first
         self.watermark_requests: list[Any] = []
         self.joined: list[str] = []  # subscribe() or assign() called: the handle would take part in the group
+        self.metadata_requests: list[str | None] = []
+        self.leaders_known = True  # False: the leaders it knows are gone, until it asks for the topic again
 
     def subscribe(self, *args: Any, **kwargs: Any) -> None:
         self.joined.append("subscribe")
@@ -46,7 +48,10 @@ class FakeConsumer:
     def assign(self, *args: Any, **kwargs: Any) -> None:
         self.joined.append("assign")
 
-    def list_topics(self, timeout: float) -> _Metadata:
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> _Metadata:
+        self.metadata_requests.append(topic)
+        if topic is not None:
+            self.leaders_known = True
         return _Metadata(len(self._committed))
 
     def committed(self, tps: list[Any], timeout: float) -> list[_Answer]:
@@ -59,6 +64,8 @@ class FakeConsumer:
 
     def get_watermark_offsets(self, tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
         self.watermark_requests.append(tp)
+        if not self.leaders_known:  # its cached leader is gone: librdkafka times out asking it
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
         return 0, 100
 
     def close(self) -> None:
@@ -105,3 +112,26 @@ def test_the_reader_never_joins_the_group() -> None:
     r.read([TOPIC], timeout_s=5)
     assert consumer.conf["group.id"] == "g" and consumer.conf["enable.auto.commit"] is False
     assert consumer.joined == []
+
+
+def test_a_log_end_asked_of_a_dead_leader_is_asked_again_after_the_topics_metadata_is_refreshed() -> None:
+    """Measured on the three-broker cluster: after the leader's kill -9 a long-lived handle timed out on
+    every ask for 70 s; a refresh of the topic's metadata made the next ask succeed."""
+    consumer = FakeConsumer({}, {0: 40, 1: 100})
+    r = reader(consumer)
+    consumer.leaders_known = False
+    assert r.log_ends([(TOPIC, 0), (TOPIC, 1)]) == {(TOPIC, 0): 100, (TOPIC, 1): 100}
+    assert consumer.metadata_requests == [TOPIC]  # once: the refresh holds for the next partition
+
+
+def test_a_log_end_that_fails_after_the_refresh_is_a_failure() -> None:
+    consumer = FakeConsumer({}, {0: 40})
+    r = reader(consumer)
+
+    def unreachable(tp: Any, timeout: float, cached: bool) -> tuple[int, int]:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+    consumer.get_watermark_offsets = unreachable  # type: ignore[method-assign]
+    with pytest.raises(KafkaException):
+        r.log_ends([(TOPIC, 0)])
+    assert consumer.metadata_requests == [TOPIC]
