@@ -20,6 +20,7 @@ Kafka timestamp to its write's acknowledgement, checked by an outside probe that
     .venv/bin/python -m bench.e2e                          # throughput (uniform, Zipf) and freshness
     .venv/bin/python -m bench.e2e --spark                  # plus anchor (d)
     .venv/bin/python -m bench.e2e --phases rss --rss-records 1000000    # peak RSS on a backlog
+    .venv/bin/python -m bench.e2e --phases contention     # Cassandra's CPU per write beside a co-tenant
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from bench.anchors import (
     seed_store,
     writer_alone,
 )
+from bench.contention import contention
 from bench.freshness import percentile
 from consumer.app import build, settle_heap
 from consumer.cassandra.connection import CassandraOptions
@@ -446,7 +448,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--spark", action="store_true", help="also anchor (d), Feast's Spark Kafka processor")
     parser.add_argument("--rss-records", type=int, default=0, help="also measure peak RSS on this backlog")
     parser.add_argument("--rss-entities", type=int, default=20_000)
-    parser.add_argument("--phases", default="throughput,freshness", help="throughput, freshness, rss")
+    parser.add_argument("--phases", default="throughput,freshness",
+                        help="throughput, freshness, rss, contention (bench/contention.py)")
+    parser.add_argument("--contention-rounds", type=int, default=3)
+    parser.add_argument("--co-tenant-cores", type=float, default=0.375)
     parser.add_argument("--warmup-records", type=int, default=5_000,
                         help="a round of ours, (a) and (b) on this many records first, not counted (0: none)")
     args = parser.parse_args(argv)
@@ -495,6 +500,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"| {run['rate']:,.0f}/s | {run['sustained_rps']:,.0f}/s | {run['latency_p50_ms']:,.0f} "
                       f"| {run['latency_p99_ms']:,.0f} | {run['latency_p999_ms']:,.0f} |")
             print()
+    if "contention" in phases:
+        records = make_records(args.records, args.uniform_entities, None, seed=7, start_ms=start_ms)
+        probe, ours = run_ours(setup, "contention", records)
+        print(f"ours on {len(records):,} uniform records first (its rows are the anchors'): {ours.rate:,.0f} "
+              f"writes/s, CPU ms per write: client {ours.ms_per_row('client'):.3f} / Cassandra "
+              f"{ours.ms_per_row('cassandra'):.3f}")
+        print()
+
+        def anchors(name: str) -> tuple[Measured, Measured]:
+            alone, raws = writer_anchors(setup, name, probe.written, [512])
+            return alone, raws[0]
+
+        contention(anchors, args.contention_rounds, args.co_tenant_cores)
     if "rss" in phases:
         peak, seconds, rate = rss_run(setup, args.rss_records or 1_000_000, args.rss_entities, args.zipf_s)
         print(f"backlog of {args.rss_records or 1_000_000:,} records (Zipf over {args.rss_entities:,} entities): "
