@@ -1,12 +1,11 @@
 """Cassandra's CPU per guarded write, with and without a co-tenant on its machine.
 
 Here Cassandra shares two cores with Kafka and with the client under test. A client that does more than
-write (ours also reads and decodes Kafka records) keeps the cores busier, and Cassandra then spends more
-CPU on each guarded write: its request threads wait, spin and park more when they compete for a core. This
-phase measures that dependence without our loop in it: (a) and (b) on the same rows, in alternating rounds
-alone and beside a co-tenant, a process that keeps `cores` of CPU busy (busy-loops, then sleeps, every
-8 ms) and talks to neither Kafka nor Cassandra. In production Cassandra has machines of its own, and the
-co-tenant's term is not there.
+write (ours also reads and decodes Kafka records) keeps the cores busier; whether, and by how much,
+Cassandra then spends more CPU on each guarded write is what this phase measures, without our loop in
+it: (a) and (b) on the same rows, in alternating rounds alone and beside a co-tenant, a process that keeps
+`cores` of CPU busy (busy-loops, then sleeps, every 8 ms) and talks to neither Kafka nor Cassandra. In
+production Cassandra has machines of its own, and the co-tenant's term is not there.
 
     .venv/bin/python -m bench.e2e --phases contention
 """
@@ -17,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from statistics import mean
 
 from bench.anchors import Measured
 
@@ -46,10 +46,6 @@ def co_tenant(cores: float, period_s: float = 0.008) -> Iterator[None]:
         proc.wait()
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def contention(anchors: Callable[[str], tuple[Measured, Measured]], rounds: int, cores: float) -> None:
     """`anchors(name)` runs (a) and (b) once on fresh keyspaces; prints a row per run and the means."""
     print("| round | co-tenant cores | (a) writes/s | (a) CPU ms per write: client / Cassandra | (b) writes/s "
@@ -67,7 +63,7 @@ def contention(anchors: Callable[[str], tuple[Measured, Measured]], rounds: int,
                   f"{raw.ms_per_row('cassandra'):.3f} |", flush=True)
     print()
     for label in ("a", "b"):
-        without, beside = _mean(cassandra[(label, 0.0)]), _mean(cassandra[(label, cores)])
+        without, beside = mean(cassandra[(label, 0.0)]), mean(cassandra[(label, cores)])
         print(f"({label}) Cassandra CPU per guarded write, mean of {rounds}: {without:.3f} ms alone, {beside:.3f} ms "
               f"beside a co-tenant of {cores:.3f} cores ({beside - without:+.3f} ms)")
     print()
