@@ -57,6 +57,21 @@ def machine_busy_s() -> tuple[float, float]:
     return (sum(ticks) - idle) / _CLOCK_TICKS, sum(ticks) / _CLOCK_TICKS
 
 
+def wait_quiet(below_cores: float = 0.3, at_most_s: float = 30.0, step_s: float = 0.5) -> float:
+    """Wait until the whole machine is nearly idle (fewer than `below_cores` busy over the last `step_s`), for
+    at most `at_most_s`; the seconds waited. A candidate should not start inside the flushes and
+    compactions its own seeding, or an earlier candidate, left Cassandra with."""
+    started = time.monotonic()
+    busy, _ = machine_busy_s()
+    while time.monotonic() - started < at_most_s:
+        time.sleep(step_s)
+        now, _ = machine_busy_s()
+        if (now - busy) / step_s < below_cores:
+            break
+        busy = now
+    return time.monotonic() - started
+
+
 class Meter:
     """CPU seconds so far: this process's (`client`), each named service's, and the whole machine's busy time
     (`machine`, all cores; `total`: all cores' time, busy or not). The cores are shared by everything here, so

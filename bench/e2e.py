@@ -45,6 +45,7 @@ from typing import Any
 import fastavro
 import numpy as np
 import yaml
+from cassandra.cluster import Cluster
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -56,6 +57,7 @@ from bench.anchors import (
     raw_loop,
     raw_paced,
     seed_store,
+    wait_quiet,
     writer_alone,
 )
 from bench.contention import contention
@@ -157,6 +159,21 @@ class Setup:
     topics: list[str] = field(default_factory=list)
     meter: Meter = field(default_factory=lambda: Meter(
         {name: localstack.service_pid(name) for name in ("cassandra", "kafka")}))
+    quiet: bool = False  # wait for a quiet machine before each candidate, drop its keyspace after it
+    waited: list[float] = field(default_factory=list)
+    _admin: Any = None
+
+    def before_run(self) -> None:
+        if self.quiet:
+            self.waited.append(wait_quiet())
+
+    def after_run(self, keyspace: str) -> None:
+        """Left in place, a finished candidate's rows would be flushed and compacted during later runs."""
+        if not self.quiet:
+            return
+        if self._admin is None:
+            self._admin = Cluster([self.endpoints.cql_host], port=self.endpoints.cql_port).connect()
+        self._admin.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
 
     def topic(self, name: str) -> str:
         topic = f"bench_{name}_{self.run}"
@@ -220,6 +237,7 @@ def run_ours(setup: Setup, name: str, records: Sequence[Record]) -> tuple[Probe,
     probe = Probe(produce(setup.endpoints.bootstrap_servers, topic, records))
     daemon = build(settings, serve_metrics=False, extra_events=probe)
     probe.stop = daemon.pipeline.stop
+    setup.before_run()
     settle_heap()  # Daemon.run does it again (nothing left to do then): its start-up cost stays out of the CPU
     before = setup.meter.read()
     try:
@@ -227,6 +245,7 @@ def run_ours(setup: Setup, name: str, records: Sequence[Record]) -> tuple[Probe,
     finally:
         daemon.close()
     spent = Meter.spent(before, setup.meter.read())
+    setup.after_run(keyspace)
     assert probe.first is not None and probe.last is not None
     return probe, Measured(len(probe.written), probe.last - probe.first, spent["client"], spent=spent)
 
@@ -256,9 +275,11 @@ def anchor_alone(setup: Setup, name: str, rows: Sequence[Row]) -> Measured:
     view = setup.settings(f"anchor_{name}", "unused").views[0]
     store = setup.store(f"bench_{name}_alone_{setup.run}", view, sorted({row[0] for row in rows}))
     try:
+        setup.before_run()
         return writer_alone(store, view, rows, meter=setup.meter)
     finally:
         store.close()
+        setup.after_run(store.options.keyspace)
 
 
 def anchor_raw(setup: Setup, name: str, rows: Sequence[Row], window: int) -> Measured:
@@ -266,9 +287,11 @@ def anchor_raw(setup: Setup, name: str, rows: Sequence[Row], window: int) -> Mea
     view = setup.settings(f"anchor_{name}", "unused").views[0]
     store = setup.store(f"bench_{name}_raw{window}_{setup.run}", view, sorted({row[0] for row in rows}))
     try:
+        setup.before_run()
         return raw_loop(store.session, store.options.keyspace, view, rows, window, setup.meter)
     finally:
         store.close()
+        setup.after_run(store.options.keyspace)
 
 
 def writer_anchors(setup: Setup, name: str, rows: Sequence[Row],
@@ -302,6 +325,7 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
           "| machine CPU ms per guarded write (Cassandra, Kafka): ours / (a) / (b) |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---|")
     uniform_rate = 0.0
+    setup.quiet, setup.waited = True, []
     for name, entities, zipf_s in [("uniform", args.uniform_entities, None),
                                    ("zipf", args.zipf_entities, args.zipf_s)]:
         records = make_records(args.records, entities, zipf_s, seed=3, start_ms=start_ms)
@@ -341,6 +365,10 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
               f"| {per_round} | {feast:,.0f} | {records_rate / feast:.2f} "
               f"| {' / '.join(f'{m.cpu_ms_per_row:.2f}' for m in totals)} "
               f"| {' / '.join(_machine(m) for m in totals)} |", flush=True)
+    setup.quiet = False
+    print()
+    print(f"before each run of ours, (a) and (b): waited {median(setup.waited):.1f} s (median; at most "
+          f"{max(setup.waited):.1f} s) for the machine to go quiet; each run's keyspace dropped after it")
     print()
     return uniform_rate
 
@@ -375,6 +403,7 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
         probe.has_assignment.wait(60)
         assert outside.stdout is not None and outside.stdout.readline().strip() == "ready"
         time.sleep(5)  # let the group settle and Cassandra flush after seeding
+        wait_quiet(below_cores=0.4)  # and let the earlier phases' flushes and compactions end
         probe.freshness.clear()
         before = setup.meter.read()
         subprocess.run([sys.executable, str(ROOT / "bench" / "produce_at_rate.py"), setup.endpoints.bootstrap_servers,
