@@ -520,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup-records", type=int, default=5_000,
                         help="a round of ours, (a) and (b) on this many records first, not counted (0: none)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     endpoints, _ = localstack.up(["kafka", "cassandra"], echo=lambda _: None)
     setup = Setup(endpoints, time.strftime("%H%M%S"), Path(tempfile.mkdtemp(prefix="bench-e2e-")))
