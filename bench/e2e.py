@@ -171,9 +171,19 @@ class Setup:
         """Left in place, a finished candidate's rows would be flushed and compacted during later runs."""
         if not self.quiet:
             return
-        if self._admin is None:
-            self._admin = Cluster([self.endpoints.cql_host], port=self.endpoints.cql_port).connect()
-        self._admin.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+        try:
+            if self._admin is None:
+                self._admin = Cluster([self.endpoints.cql_host], port=self.endpoints.cql_port).connect()
+            self._admin.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+        except Exception as exc:  # noqa: BLE001 - a keyspace left behind costs later runs a little, not the run
+            print(f"could not drop {keyspace}: {exc!r}", file=sys.stderr)
+
+    def stop_quiet(self) -> None:
+        """Back to runs without the wait; the admin session is closed (it would tick in ours' process)."""
+        self.quiet = False
+        if self._admin is not None:
+            self._admin.cluster.shutdown()
+            self._admin = None
 
     def topic(self, name: str) -> str:
         topic = f"bench_{name}_{self.run}"
@@ -334,7 +344,7 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
         picks = [anchor_raw(setup, f"{name}_pick", rows, w) for w in windows]
         window = windows[max(range(len(windows)), key=lambda i: picks[i].rate)]
         tried = ", ".join(f"{w}: {m.rate:,.0f}" for w, m in zip(windows, picks, strict=True))
-        print(f"{name}: (b)'s window {window} ({tried} writes/s)", flush=True)
+        print(f"{name}: (b)'s window {window} ({tried} writes/s)", file=sys.stderr, flush=True)
         runs: dict[str, list[Measured]] = {"ours": [], "alone": [], "raw": []}
         seconds: list[float] = []
         for turn in range(args.rounds):
@@ -351,7 +361,7 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
                 runs[candidate].append(measured)
             ours_r, alone_r, raw_r = (runs[c][-1].rate for c in runs)
             print(f"{name} round {turn + 1} ({', '.join(order)}): ours {ours_r:,.0f}, (a) {alone_r:,.0f}, "
-                  f"(b) {raw_r:,.0f} writes/s", flush=True)
+                  f"(b) {raw_r:,.0f} writes/s", file=sys.stderr, flush=True)
         feast = anchor_feast(setup, name, records)
         ours, alone, raw = (median([m.rate for m in runs[c]]) for c in runs)
         records_rate = median([len(records) / s for s in seconds])
@@ -365,7 +375,7 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
               f"| {per_round} | {feast:,.0f} | {records_rate / feast:.2f} "
               f"| {' / '.join(f'{m.cpu_ms_per_row:.2f}' for m in totals)} "
               f"| {' / '.join(_machine(m) for m in totals)} |", flush=True)
-    setup.quiet = False
+    setup.stop_quiet()
     print()
     print(f"before each run of ours, (a) and (b): waited {median(setup.waited):.1f} s (median; at most "
           f"{max(setup.waited):.1f} s) for the machine to go quiet; each run's keyspace dropped after it")
