@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -45,7 +45,6 @@ from typing import Any
 import fastavro
 import numpy as np
 import yaml
-from cassandra.cluster import Cluster
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -161,29 +160,20 @@ class Setup:
         {name: localstack.service_pid(name) for name in ("cassandra", "kafka")}))
     quiet: bool = False  # wait for a quiet machine before each candidate, drop its keyspace after it
     waited: list[float] = field(default_factory=list)
-    _admin: Any = None
 
     def before_run(self) -> None:
         if self.quiet:
             self.waited.append(wait_quiet())
 
-    def after_run(self, keyspace: str) -> None:
+    def after_run(self, store: CassandraStore) -> None:
         """Left in place, a finished candidate's rows would be flushed and compacted during later runs."""
         if not self.quiet:
             return
+        keyspace = store.options.keyspace
         try:
-            if self._admin is None:
-                self._admin = Cluster([self.endpoints.cql_host], port=self.endpoints.cql_port).connect()
-            self._admin.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+            store.session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
         except Exception as exc:  # noqa: BLE001 - a keyspace left behind costs later runs a little, not the run
             print(f"could not drop {keyspace}: {exc!r}", file=sys.stderr)
-
-    def stop_quiet(self) -> None:
-        """Back to runs without the wait; the admin session is closed (it would tick in ours' process)."""
-        self.quiet = False
-        if self._admin is not None:
-            self._admin.cluster.shutdown()
-            self._admin = None
 
     def topic(self, name: str) -> str:
         topic = f"bench_{name}_{self.run}"
@@ -255,7 +245,10 @@ def run_ours(setup: Setup, name: str, records: Sequence[Record]) -> tuple[Probe,
     finally:
         daemon.close()
     spent = Meter.spent(before, setup.meter.read())
-    setup.after_run(keyspace)
+    if setup.quiet:  # the seeding store was closed: no session of its own ticks in ours' process meanwhile
+        store = setup.store(keyspace, view)
+        setup.after_run(store)
+        store.close()
     assert probe.first is not None and probe.last is not None
     return probe, Measured(len(probe.written), probe.last - probe.first, spent["client"], spent=spent)
 
@@ -280,28 +273,30 @@ def anchor_feast(setup: Setup, name: str, records: Sequence[Record]) -> float:
     return float(result["rows"] / result["seconds"])
 
 
-def anchor_alone(setup: Setup, name: str, rows: Sequence[Row]) -> Measured:
-    """(a) on `rows`, on a keyspace of its own seeded with the rows' entities."""
-    view = setup.settings(f"anchor_{name}", "unused").views[0]
-    store = setup.store(f"bench_{name}_alone_{setup.run}", view, sorted({row[0] for row in rows}))
+def _anchor(setup: Setup, keyspace: str, rows: Sequence[Row],
+            measure: Callable[[CassandraStore, FeatureView], Measured]) -> Measured:
+    """`measure` on a keyspace of its own seeded with the rows' entities."""
+    view = setup.settings("anchor", "unused").views[0]
+    store = setup.store(keyspace, view, sorted({row[0] for row in rows}))
     try:
         setup.before_run()
-        return writer_alone(store, view, rows, meter=setup.meter)
+        return measure(store, view)
     finally:
+        setup.after_run(store)
         store.close()
-        setup.after_run(store.options.keyspace)
+
+
+def anchor_alone(setup: Setup, name: str, rows: Sequence[Row]) -> Measured:
+    """(a) on `rows`."""
+    return _anchor(setup, f"bench_{name}_alone_{setup.run}", rows,
+                   lambda store, view: writer_alone(store, view, rows, meter=setup.meter))
 
 
 def anchor_raw(setup: Setup, name: str, rows: Sequence[Row], window: int) -> Measured:
-    """(b) on `rows` with `window` requests in flight, on a keyspace of its own seeded with the rows' entities."""
-    view = setup.settings(f"anchor_{name}", "unused").views[0]
-    store = setup.store(f"bench_{name}_raw{window}_{setup.run}", view, sorted({row[0] for row in rows}))
-    try:
-        setup.before_run()
-        return raw_loop(store.session, store.options.keyspace, view, rows, window, setup.meter)
-    finally:
-        store.close()
-        setup.after_run(store.options.keyspace)
+    """(b) on `rows` with `window` requests in flight."""
+    return _anchor(setup, f"bench_{name}_raw{window}_{setup.run}", rows,
+                   lambda store, view: raw_loop(store.session, store.options.keyspace, view, rows, window,
+                                                setup.meter))
 
 
 def writer_anchors(setup: Setup, name: str, rows: Sequence[Row],
@@ -320,6 +315,25 @@ def warm_up(setup: Setup, records: int, start_ms: int) -> None:
     print(f"warm-up (not counted): {records:,} records, ours {ours.rate:,.0f} writes/s, "
           f"{time.monotonic() - started:.0f} s in all")
     print()
+
+
+def rounds(setup: Setup, name: str, records: Sequence[Record], rows: Sequence[Row], window: int,
+           count: int) -> dict[str, list[Measured]]:
+    """Ours, (a) and (b) `count` times each, the order turning each round."""
+    measure: dict[str, Callable[[str], Measured]] = {
+        "ours": lambda label: run_ours(setup, label, records)[1],
+        "alone": lambda label: anchor_alone(setup, label, rows),
+        "raw": lambda label: anchor_raw(setup, label, rows, window),
+    }
+    runs: dict[str, list[Measured]] = {candidate: [] for candidate in measure}
+    for turn in range(count):
+        order = list(runs)[turn % 3:] + list(runs)[:turn % 3]
+        for candidate in order:
+            runs[candidate].append(measure[candidate](f"{name}_r{turn}"))
+        ours, alone, raw = (runs[c][-1].rate for c in runs)
+        print(f"{name} round {turn + 1} ({', '.join(order)}): ours {ours:,.0f}, (a) {alone:,.0f}, (b) {raw:,.0f} "
+              "writes/s", file=sys.stderr, flush=True)
+    return runs
 
 
 def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
@@ -345,26 +359,10 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
         window = windows[max(range(len(windows)), key=lambda i: picks[i].rate)]
         tried = ", ".join(f"{w}: {m.rate:,.0f}" for w, m in zip(windows, picks, strict=True))
         print(f"{name}: (b)'s window {window} ({tried} writes/s)", file=sys.stderr, flush=True)
-        runs: dict[str, list[Measured]] = {"ours": [], "alone": [], "raw": []}
-        seconds: list[float] = []
-        for turn in range(args.rounds):
-            order = list(runs)[turn % 3:] + list(runs)[:turn % 3]
-            for candidate in order:
-                label = f"{name}_r{turn}"
-                if candidate == "ours":
-                    _, measured = run_ours(setup, label, records)
-                    seconds.append(measured.seconds)
-                elif candidate == "alone":
-                    measured = anchor_alone(setup, label, rows)
-                else:
-                    measured = anchor_raw(setup, label, rows, window)
-                runs[candidate].append(measured)
-            ours_r, alone_r, raw_r = (runs[c][-1].rate for c in runs)
-            print(f"{name} round {turn + 1} ({', '.join(order)}): ours {ours_r:,.0f}, (a) {alone_r:,.0f}, "
-                  f"(b) {raw_r:,.0f} writes/s", file=sys.stderr, flush=True)
+        runs = rounds(setup, name, records, rows, window, args.rounds)
         feast = anchor_feast(setup, name, records)
         ours, alone, raw = (median([m.rate for m in runs[c]]) for c in runs)
-        records_rate = median([len(records) / s for s in seconds])
+        records_rate = median([len(records) / m.seconds for m in runs["ours"]])
         if name == "uniform":
             uniform_rate = records_rate
         per_round = "; ".join(", ".join(f"{o.rate / x.rate:.2f}" for o, x in zip(runs["ours"], runs[c], strict=True))
@@ -375,7 +373,7 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
               f"| {per_round} | {feast:,.0f} | {records_rate / feast:.2f} "
               f"| {' / '.join(f'{m.cpu_ms_per_row:.2f}' for m in totals)} "
               f"| {' / '.join(_machine(m) for m in totals)} |", flush=True)
-    setup.stop_quiet()
+    setup.quiet = False
     print()
     print(f"before each run of ours, (a) and (b): waited {median(setup.waited):.1f} s (median; at most "
           f"{max(setup.waited):.1f} s) for the machine to go quiet; each run's keyspace dropped after it")
