@@ -22,6 +22,7 @@ Kafka timestamp to its write's acknowledgement, checked by an outside probe that
     .venv/bin/python -m bench.e2e --spark                  # plus anchor (d)
     .venv/bin/python -m bench.e2e --phases rss --rss-records 1000000    # peak RSS on a backlog
     .venv/bin/python -m bench.e2e --phases contention     # Cassandra's CPU per write beside a co-tenant
+    .venv/bin/python -m bench.e2e --phases throughput --pin-cassandra   # Cassandra on a core of its own
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -61,6 +63,7 @@ from bench.anchors import (
 )
 from bench.contention import contention
 from bench.freshness import percentile
+from bench.pinning import cassandra_alone
 from consumer.app import build, settle_heap
 from consumer.cassandra.connection import CassandraOptions
 from consumer.cassandra.writer import CassandraStore
@@ -527,15 +530,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--co-tenant-cores", type=float, default=0.375)
     parser.add_argument("--warmup-records", type=int, default=5_000,
                         help="a round of ours, (a) and (b) on this many records first, not counted (0: none)")
+    parser.add_argument("--pin-cassandra", action="store_true",
+                        help="Cassandra on a core of its own, Kafka and the benchmark on the others (bench/pinning.py)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
     endpoints, _ = localstack.up(["kafka", "cassandra"], echo=lambda _: None)
     setup = Setup(endpoints, time.strftime("%H%M%S"), Path(tempfile.mkdtemp(prefix="bench-e2e-")))
-    start_ms = int(time.time() * 1000) - 3_600_000
     print(f"records={args.records} per distribution, {PARTITIONS} partitions")
-    print()
+    with ExitStack() as layout:
+        if args.pin_cassandra:
+            cassandra, kafka = (localstack.service_pid(name) for name in ("cassandra", "kafka"))
+            if cassandra is None or kafka is None:
+                sys.exit("--pin-cassandra: the local stack's Cassandra and Kafka must be running")
+            theirs, rest = layout.enter_context(cassandra_alone(cassandra, [kafka]))
+            print(f"Cassandra pinned to core(s) {sorted(theirs)}; Kafka and the benchmark to {sorted(rest)}")
+        print()
+        if not run_phases(setup, args):
+            sys.exit("anchor (d) did not run (see above)")
+
+
+def run_phases(setup: Setup, args: argparse.Namespace) -> bool:
+    """The phases `args` asks for; False when anchor (d) was asked for and did not run."""
+    start_ms = int(time.time() * 1000) - 3_600_000
     phases = set(args.phases.split(",")) | ({"rss"} if args.rss_records else set())
     failed = False
     max_rate = args.max_rate
@@ -592,8 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         peak, seconds, rate = rss_run(setup, args.rss_records or 1_000_000, args.rss_entities, args.zipf_s)
         print(f"backlog of {args.rss_records or 1_000_000:,} records (Zipf over {args.rss_entities:,} entities): "
               f"caught up in {seconds:.0f} s ({rate:,.0f} records/s), peak RSS {peak:.0f} MiB")
-    if failed:
-        sys.exit("anchor (d) did not run (see above)")
+    return not failed
 
 
 if __name__ == "__main__":
