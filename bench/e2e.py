@@ -63,7 +63,7 @@ from bench.anchors import (
 )
 from bench.contention import contention
 from bench.freshness import percentile
-from bench.pinning import cassandra_alone
+from bench.pinning import cassandra_alone, narrowed
 from consumer.app import build, settle_heap
 from consumer.cassandra.connection import CassandraOptions
 from consumer.cassandra.writer import CassandraStore
@@ -546,6 +546,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 sys.exit("--pin-cassandra: the local stack's Cassandra and Kafka must be running")
             theirs, rest = layout.enter_context(cassandra_alone(cassandra, [kafka]))
             print(f"Cassandra pinned to core(s) {sorted(theirs)}; Kafka and the benchmark to {sorted(rest)}")
+        else:
+            services = {name: pid for name in ("cassandra", "kafka") if (pid := localstack.service_pid(name))}
+            if pinned := narrowed(services):
+                sys.exit(f"{' and '.join(pinned)} may not use every core (left pinned by a killed benchmark?): "
+                         "restart the stack (make stack-down stack-up)")
         print()
         if not run_phases(setup, args):
             sys.exit("anchor (d) did not run (see above)")
