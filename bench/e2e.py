@@ -201,9 +201,12 @@ class Setup:
         path.write_text(yaml.safe_dump(config))
         return load_settings(path)
 
+    def connect(self, keyspace: str) -> CassandraStore:
+        return CassandraStore(CassandraOptions(hosts=(self.endpoints.cql_host,), port=self.endpoints.cql_port,
+                                               keyspace=keyspace, consistency="ONE", serial_consistency="SERIAL"))
+
     def store(self, keyspace: str, view: FeatureView, seed_keys: Sequence[str] = ()) -> CassandraStore:
-        store = CassandraStore(CassandraOptions(hosts=(self.endpoints.cql_host,), port=self.endpoints.cql_port,
-                                                keyspace=keyspace, consistency="ONE", serial_consistency="SERIAL"))
+        store = self.connect(keyspace)
         store.create_schema([view], create_keyspace=True)
         if seed_keys:
             seed_store(store, view, seed_keys)
@@ -249,7 +252,7 @@ def run_ours(setup: Setup, name: str, records: Sequence[Record]) -> tuple[Probe,
         daemon.close()
     spent = Meter.spent(before, setup.meter.read())
     if setup.quiet:  # the seeding store was closed: no session of its own ticks in ours' process meanwhile
-        store = setup.store(keyspace, view)
+        store = setup.connect(keyspace)  # only to drop the keyspace: no schema statements first
         setup.after_run(store)
         store.close()
     assert probe.first is not None and probe.last is not None
@@ -539,18 +542,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     endpoints, _ = localstack.up(["kafka", "cassandra"], echo=lambda _: None)
     setup = Setup(endpoints, time.strftime("%H%M%S"), Path(tempfile.mkdtemp(prefix="bench-e2e-")))
     print(f"records={args.records} per distribution, {PARTITIONS} partitions")
+    services = {name: pid for name in ("cassandra", "kafka") if (pid := localstack.service_pid(name))}
     with ExitStack() as layout:
         if args.pin_cassandra:
-            cassandra, kafka = (localstack.service_pid(name) for name in ("cassandra", "kafka"))
-            if cassandra is None or kafka is None:
+            if len(services) < 2:
                 sys.exit("--pin-cassandra: the local stack's Cassandra and Kafka must be running")
-            theirs, rest = layout.enter_context(cassandra_alone(cassandra, [kafka]))
+            theirs, rest = layout.enter_context(cassandra_alone(services["cassandra"], [services["kafka"]]))
             print(f"Cassandra pinned to core(s) {sorted(theirs)}; Kafka and the benchmark to {sorted(rest)}")
-        else:
-            services = {name: pid for name in ("cassandra", "kafka") if (pid := localstack.service_pid(name))}
-            if pinned := narrowed(services):
-                sys.exit(f"{' and '.join(pinned)} may not use every core (left pinned by a killed benchmark?): "
-                         "restart the stack (make stack-down stack-up)")
+        elif pinned := narrowed(services):
+            sys.exit(f"{' and '.join(pinned)} may not use every core (left pinned by a killed benchmark?): "
+                     "restart the stack (make stack-down stack-up)")
         print()
         if not run_phases(setup, args):
             sys.exit("anchor (d) did not run (see above)")
