@@ -99,7 +99,9 @@ def build(settings: Settings, serve_metrics: bool = True, extra_events: Events |
     events: Events = metrics if extra_events is None else EventFanout([metrics, extra_events])
     pipeline = Pipeline(
         decoders, store, dead_letters,
-        lambda listener: KafkaSource(settings.kafka.consumer_config(), settings.topics, listener),
+        lambda listener: KafkaSource(settings.kafka.consumer_config(), settings.topics, listener,
+                                     probe_config=settings.kafka.admin_config(),
+                                     rejoin_after_s=settings.kafka.rejoin_after_s),
         limits=settings.limits.limits(), policy=settings.batch.policy(), backoff=settings.run.backoff(),
         drain_timeout_s=settings.run.drain_timeout_s, events=events, stop=stop,
     )

@@ -37,6 +37,8 @@ _RESERVED_PROPERTIES = {
     "group.id": "set kafka.group_id instead (the lag command and dead-letter headers name the group from it)",
     "acks": "dead letters must be acknowledged by every in-sync replica before their offsets are committed",
     "enable.idempotence": "dead letters are produced idempotently, so a retried send does not duplicate them",
+    "statistics.interval.ms": "the daemon reads the consumer's statistics to notice a client stuck outside its "
+                              "group (kafka.rejoin_after_s)",
 }
 
 
@@ -49,6 +51,9 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = Field(45_000, ge=6_000)
     max_poll_interval_ms: int = Field(300_000, ge=10_000)
+    # A consumer client without its group coordinator this long, while the cluster answers a new client,
+    # is replaced (consumer/kafka/watchdog.py). Statistics come every 5 s: keep it well above that.
+    rejoin_after_s: float = Field(60.0, ge=15.0)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None

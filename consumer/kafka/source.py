@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.core.errors import TransientError
+from consumer.kafka.watchdog import STATISTICS_INTERVAL_MS, GroupWatch, cluster_answers, group_state
 
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
+
+# How long the cluster has to answer the watchdog's question (the loop waits for it).
+PROBE_TIMEOUT_S = 5.0
 
 
 class RebalanceListener(Protocol):
@@ -27,16 +33,42 @@ def _tps(partitions: Iterable[TopicPartition]) -> list[TP]:
 
 
 class KafkaSource:
-    def __init__(self, config: Mapping[str, Any], topics: list[str], listener: RebalanceListener) -> None:
+    """The group member. `probe_config` (an admin client's configuration) turns on the watchdog: a handle
+    that has been without its group coordinator for `rejoin_after_s` while the cluster answers a new client
+    is replaced (see consumer/kafka/watchdog.py)."""
+
+    def __init__(self, config: Mapping[str, Any], topics: list[str], listener: RebalanceListener,
+                 probe_config: Mapping[str, Any] | None = None, rejoin_after_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         conf = dict(config)
-        conf.setdefault("on_commit", self._on_commit)
         # Bound what librdkafka prefetches: memory stays bounded whatever the backlog.
         conf.setdefault("queued.max.messages.kbytes", 32768)
-        self._consumer = Consumer(conf)
+        conf["statistics.interval.ms"] = STATISTICS_INTERVAL_MS
+        self._config = conf
         self._topics = topics
         self._listener = listener
         self._callback_error: BaseException | None = None
         self.group_id = str(conf.get("group.id"))
+        self._probe_config = probe_config
+        self._clock = clock
+        self._watch = GroupWatch(rejoin_after_s, clock())
+        self._handle = 0  # which handle's callbacks count: those of a replaced one are ignored
+        self._consumer = self._new_handle()
+
+    def _new_handle(self) -> Consumer:
+        self._handle += 1
+        conf = dict(self._config)
+        conf["on_commit"] = self._current(self._on_commit)
+        conf["stats_cb"] = self._current(self._on_statistics)
+        return Consumer(conf)
+
+    def _current(self, callback: Callable[..., None]) -> Callable[..., None]:
+        handle = self._handle
+
+        def call(*args: Any) -> None:
+            if handle == self._handle:
+                callback(*args)
+        return call
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -54,7 +86,7 @@ class KafkaSource:
                 callback(_tps(partitions))
             except BaseException as exc:  # noqa: BLE001 - kept and raised again by _raise_callback_error
                 self._callback_error = exc
-        return call
+        return self._current(call)
 
     def _raise_callback_error(self) -> None:
         error, self._callback_error = self._callback_error, None
@@ -82,7 +114,34 @@ class KafkaSource:
             else:
                 # Broker-side hiccups (a leader moving, a broker restarting): librdkafka retries them.
                 log.warning("kafka consumer reports: %s", error)
+        if self._probe_config is not None and self._watch.due(self._clock()):
+            self._check_group()
         return out
+
+    def _on_statistics(self, statistics: str) -> None:
+        self._watch.observed(self._clock(), group_state(statistics))
+
+    def _check_group(self) -> None:
+        away_s = self._clock() - self._watch.last_up
+        answers = cluster_answers(self._probe_config or {}, PROBE_TIMEOUT_S)
+        self._watch.reset(self._clock())
+        if not answers:
+            return
+        log.warning("the consumer has been without its group coordinator for %.0f s while the cluster answers "
+                    "a new client: replacing its Kafka client; the partitions it held are given up uncommitted",
+                    away_s)
+        self.replace()
+
+    def replace(self) -> None:
+        """Give up this handle's partitions (uncommitted, as when they are lost) and join with a new one."""
+        held = sorted(self.assignment())
+        if held:
+            self._listener.on_lost(held)
+        stuck, self._consumer = self._consumer, self._new_handle()
+        self.subscribe()
+        # Closing a stuck handle may wait for commits that never finish: not on the loop's thread. Its
+        # callbacks are no longer served (see _current).
+        threading.Thread(target=_close_quietly, args=(stuck,), name="kafka-close-replaced", daemon=True).start()
 
     def assignment(self) -> set[TP]:
         return set(_tps(self._consumer.assignment()))
@@ -134,3 +193,10 @@ class KafkaSource:
         failed = [tp for tp in partitions if tp.error is not None]
         if failed:
             self._listener.on_commit_failed(_tps(failed), str(failed[0].error))
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.info("closing the replaced Kafka client: %s", exc)

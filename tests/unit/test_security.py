@@ -296,6 +296,7 @@ def test_check_prints_no_secret_librdkafka_property(monkeypatch: pytest.MonkeyPa
     ("group.id", "set kafka.group_id instead"),
     ("acks", "acknowledged by every in-sync replica"),
     ("enable.idempotence", "produced idempotently"),
+    ("statistics.interval.ms", "stuck outside its group"),
 ])
 def test_librdkafka_properties_the_commits_depend_on_cannot_be_overridden(name: str, why: str) -> None:
     with pytest.raises(ConfigError, match=rf"kafka\.settings: '{re.escape(name)}' cannot be set here: .*{why}"):

@@ -1,0 +1,135 @@
+"""The watchdog's decisions: when a consumer client counts as stuck outside its group, and what then."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from consumer.kafka import source as source_module
+from consumer.kafka.source import KafkaSource
+from consumer.kafka.watchdog import GroupWatch, group_state
+
+
+def statistics(state: str | None) -> str:
+    """A statistics report shaped as librdkafka's (only what is read here, and some of the rest)."""
+    report: dict[str, Any] = {"name": "rdkafka#consumer-1", "type": "consumer", "ts": 1,
+                              "brokers": {"GroupCoordinator": {"source": "logical", "state": "INIT"}}}
+    if state is not None:
+        report["cgrp"] = {"state": state, "stateage": 12, "join_state": "steady", "assignment_size": 4}
+    return json.dumps(report)
+
+
+def test_group_state_is_read_from_a_statistics_report() -> None:
+    assert group_state(statistics("up")) == "up"
+    assert group_state(statistics("query-coord")) == "query-coord"
+    assert group_state(statistics(None)) is None
+    assert group_state("not json") is None
+    assert group_state("[1, 2]") is None
+
+
+# Whole seconds: sums of them are exact, so "a whole period" is exact too.
+@given(st.lists(st.tuples(st.integers(0, 1000), st.sampled_from(["up", "query-coord", "wait-coord", None])),
+                max_size=30),
+       st.integers(15, 120), st.integers(0, 2000))
+def test_due_exactly_when_the_group_was_last_up_a_whole_period_ago(
+        reports: list[tuple[int, str | None]], period: int, extra: int) -> None:
+    watch = GroupWatch(period, 0.0)
+    now = 0.0
+    last_up = 0.0
+    for step, state in reports:
+        now += step
+        watch.observed(now, state)
+        if state == "up":
+            last_up = now
+    assert watch.due(now + extra) == (now + extra - last_up >= period)
+    watch.reset(now + extra)
+    assert not watch.due(now + extra + period - 1)
+    assert watch.due(now + extra + period)
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.lost: list[list[tuple[str, int]]] = []
+
+    def on_assign(self, partitions: list[tuple[str, int]]) -> None: ...
+    def on_revoke(self, partitions: list[tuple[str, int]]) -> None: ...
+    def on_commit_failed(self, partitions: list[tuple[str, int]], reason: str) -> None: ...
+
+    def on_lost(self, partitions: list[tuple[str, int]]) -> None:
+        self.lost.append(partitions)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def nowhere() -> dict[str, Any]:
+    """A client configuration whose broker is never reached: nothing here needs one."""
+    return {"bootstrap.servers": "127.0.0.1:9", "group.id": "g", "enable.auto.commit": False,
+            "reconnect.backoff.ms": 10_000, "log_level": 0}
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_a_client_outside_its_group_for_a_period_is_replaced_only_when_the_cluster_answers(
+        monkeypatch: pytest.MonkeyPatch, nowhere: dict[str, Any], answers: bool) -> None:
+    asked: list[float] = []
+
+    def cluster_answers(config: Any, timeout_s: float) -> bool:
+        asked.append(timeout_s)
+        return answers
+
+    monkeypatch.setattr(source_module, "cluster_answers", cluster_answers)
+    clock, listener = Clock(), Listener()
+    source = KafkaSource(nowhere, ["t"], listener, probe_config={"bootstrap.servers": "x"}, rejoin_after_s=60,
+                         clock=clock)
+    try:
+        first = source._consumer
+        source._on_statistics(statistics("up"))
+        clock.now += 59
+        source._on_statistics(statistics("query-coord"))
+        source.poll(10, 0)
+        assert asked == [] and source._consumer is first
+        clock.now += 1
+        source.poll(10, 0)
+        assert len(asked) == 1
+        assert (source._consumer is not first) == answers
+        # Asked once per period, whatever the answer.
+        clock.now += 30
+        source.poll(10, 0)
+        assert len(asked) == 1
+        assert listener.lost == []  # it held no partitions
+    finally:
+        source.close()
+
+
+def test_callbacks_of_a_replaced_client_are_not_served(monkeypatch: pytest.MonkeyPatch,
+                                                       nowhere: dict[str, Any]) -> None:
+    source = KafkaSource(nowhere, ["t"], Listener())
+    try:
+        served: list[int] = []
+        of_first = source._current(served.append)
+        of_first(1)
+        source.replace()
+        of_first(2)
+        source._current(served.append)(3)
+        assert served == [1, 3]
+    finally:
+        source.close()
+
+
+def test_rejoin_after_s_leaves_room_for_several_statistics_reports() -> None:
+    from consumer.config.sections import KafkaSettings
+
+    assert KafkaSettings().rejoin_after_s == 60
+    with pytest.raises(ValidationError, match="rejoin_after_s"):
+        KafkaSettings(rejoin_after_s=5)
