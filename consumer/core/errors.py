@@ -96,3 +96,8 @@ class StoreUnavailable(TransientError):
 
 class DeadLetterUnavailable(TransientError):
     """The dead-letter topic could not be written."""
+
+
+class KafkaClientStuck(FeatureConsumerError):
+    """The consumer's Kafka client was replaced for being stuck outside its group, and the replacement is stuck
+    too while the first has not even closed: the process stops, for its supervisor to start it afresh."""

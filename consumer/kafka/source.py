@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumer.core.errors import TransientError
+from consumer.core.errors import KafkaClientStuck, TransientError
 from consumer.kafka.watchdog import STATISTICS_INTERVAL_MS, GroupWatch, cluster_answers, group_state
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ class KafkaSource:
         conf = dict(config)
         # Bound what librdkafka prefetches: memory stays bounded whatever the backlog.
         conf.setdefault("queued.max.messages.kbytes", 32768)
-        conf["statistics.interval.ms"] = STATISTICS_INTERVAL_MS
+        if probe_config is not None:
+            conf["statistics.interval.ms"] = STATISTICS_INTERVAL_MS
         self._config = conf
         self._topics = topics
         self._listener = listener
@@ -54,6 +55,8 @@ class KafkaSource:
         self._watch = GroupWatch(rejoin_after_s, clock())
         self._handle = 0  # which handle's callbacks count: those of a replaced one are ignored
         self._consumer = self._new_handle()
+        self.closing: threading.Thread | None = None  # closes the last handle replaced
+        self._abandoned = False
 
     def _new_handle(self) -> Consumer:
         self._handle += 1
@@ -96,6 +99,8 @@ class KafkaSource:
     def poll(self, max_messages: int, timeout_s: float) -> list[Message]:
         """Up to `max_messages` messages: waits at most `timeout_s` for the first, and takes what else is
         already there without waiting (librdkafka's batch consume waits for all it was asked for)."""
+        if self._probe_config is not None and self._watch.due(self._clock()) and self._check_group():
+            return []
         first = self._consumer.poll(timeout_s)
         self._raise_callback_error()
         messages = [] if first is None else [first]
@@ -114,26 +119,40 @@ class KafkaSource:
             else:
                 # Broker-side hiccups (a leader moving, a broker restarting): librdkafka retries them.
                 log.warning("kafka consumer reports: %s", error)
-        if self._probe_config is not None and self._watch.due(self._clock()):
-            self._check_group()
         return out
+
+    @property
+    def group_last_up(self) -> float:
+        """When the statistics last showed the group up (the watchdog's clock)."""
+        return self._watch.last_up
 
     def _on_statistics(self, statistics: str) -> None:
         self._watch.observed(self._clock(), group_state(statistics))
 
-    def _check_group(self) -> None:
+    def _check_group(self) -> bool:
+        """Ask the cluster about the group (the loop waits up to PROBE_TIMEOUT_S); True if the handle was
+        replaced."""
         away_s = self._clock() - self._watch.last_up
-        answers = cluster_answers(self._probe_config or {}, PROBE_TIMEOUT_S)
-        self._watch.reset(self._clock())
-        if not answers:
-            return
+        answers = cluster_answers(self._probe_config or {}, self.group_id, PROBE_TIMEOUT_S)
+        if not self._watch.answered(self._clock(), answers):
+            if answers:
+                log.info("the consumer has been without its group coordinator for %.0f s while the cluster "
+                         "answers a new client; it is given a little longer before it is replaced", away_s)
+            return False
         log.warning("the consumer has been without its group coordinator for %.0f s while the cluster answers "
                     "a new client: replacing its Kafka client; the partitions it held are given up uncommitted",
                     away_s)
         self.replace()
+        return True
 
     def replace(self) -> None:
         """Give up this handle's partitions (uncommitted, as when they are lost) and join with a new one."""
+        if self.closing is not None and self.closing.is_alive():
+            # A second stuck client while the first one has not closed: something this process cannot
+            # get out of. Its clients are left to the process's end (closing them could hang as well).
+            self._abandoned = True
+            raise KafkaClientStuck("the Kafka client is stuck outside its group again, and the one it replaced "
+                                   "has not closed either: stopping for a fresh start")
         held = sorted(self.assignment())
         if held:
             self._listener.on_lost(held)
@@ -141,7 +160,9 @@ class KafkaSource:
         self.subscribe()
         # Closing a stuck handle may wait for commits that never finish: not on the loop's thread. Its
         # callbacks are no longer served (see _current).
-        threading.Thread(target=_close_quietly, args=(stuck,), name="kafka-close-replaced", daemon=True).start()
+        self.closing = threading.Thread(target=_close_quietly, args=(stuck,), name="kafka-close-replaced",
+                                        daemon=True)
+        self.closing.start()
 
     def assignment(self) -> set[TP]:
         return set(_tps(self._consumer.assignment()))
@@ -181,6 +202,8 @@ class KafkaSource:
             raise TransientError(f"commit failed for {_tps(failed)}: {failed[0].error}")
 
     def close(self) -> None:
+        if self._abandoned:
+            return
         self._consumer.close()
         self._raise_callback_error()
 

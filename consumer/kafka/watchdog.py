@@ -6,9 +6,13 @@ coordinator query" for minutes while the broker was back and every other client 
 is gone from the group and reads nothing; its liveness is fine, so nothing would restart it.
 
 The handle's statistics say how its group membership stands (`cgrp.state`: "up" once the coordinator is
-known and connected). When it has not been "up" for `rejoin_after_s`, a fresh client asks the cluster for
-its metadata: if the cluster answers, the handle is stuck and is replaced; if not, Kafka is down for
-everyone and the handle is left to reconnect by itself.
+known and connected). When it has not been "up" for `rejoin_after_s`, a new client asks the cluster to
+describe the group, which needs the group's coordinator found and answering. If it does not answer, Kafka
+(or the group's coordinator) is down for everyone, and the handle is left to reconnect by itself. If it
+answers, the handle is given `confirm_s` more to come back (after an outage of the whole cluster, a client
+may still be waiting out its reconnection backoff when the new one gets through), and the question is
+asked again: only a second answer with the group still not up has the handle replaced. The confirmation
+also covers a loop that did not poll for a while, so that no statistics were handed over.
 """
 
 from __future__ import annotations
@@ -42,30 +46,44 @@ def group_state(statistics: str) -> str | None:
 
 @dataclass
 class GroupWatch:
-    """When the group was last seen up; pure, with `now` passed in."""
+    """When the group was last seen up, and when the cluster answered while it was not; pure, `now` passed in."""
 
     rejoin_after_s: float
     last_up: float
+    confirm_s: float = 20.0
+    answered_at: float | None = None
 
     def observed(self, now: float, state: str | None) -> None:
         if state == "up":
             self.last_up = now
+            self.answered_at = None
 
     def due(self, now: float) -> bool:
-        """Whether the group has been without its coordinator long enough to ask the cluster."""
-        return now - self.last_up >= self.rejoin_after_s
+        """Whether to ask the cluster now."""
+        if now - self.last_up < self.rejoin_after_s:
+            return False
+        return self.answered_at is None or now - self.answered_at >= self.confirm_s
 
-    def reset(self, now: float) -> None:
-        """Asked (the cluster did not answer, or the handle was replaced): a whole period before the next ask."""
-        self.last_up = now
+    def answered(self, now: float, answers: bool) -> bool:
+        """Take the cluster's answer; True when the handle is to be replaced (the cluster answered twice,
+        `confirm_s` apart, and the group was not seen up in between). Either way a new period begins."""
+        if not answers:
+            self.last_up, self.answered_at = now, None
+            return False
+        if self.answered_at is None:
+            self.answered_at = now
+            return False
+        self.last_up, self.answered_at = now, None
+        return True
 
 
-def cluster_answers(config: Mapping[str, Any], timeout_s: float) -> bool:
-    """Whether a new client, with no state from before, gets the cluster's metadata within `timeout_s`."""
+def cluster_answers(config: Mapping[str, Any], group_id: str, timeout_s: float) -> bool:
+    """Whether a new client, with no state from before, has the group described (its coordinator found and
+    answering) within `timeout_s`."""
     admin = AdminClient(dict(config))
     try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
+        admin.describe_consumer_groups([group_id], request_timeout=timeout_s)[group_id].result(timeout=timeout_s + 1)
+    except (KafkaException, TimeoutError) as exc:
         log.info("the Kafka cluster does not answer either (%s)", exc)
         return False
     return True

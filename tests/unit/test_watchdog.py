@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from consumer.core.errors import KafkaClientStuck
 from consumer.kafka import source as source_module
 from consumer.kafka.source import KafkaSource
 from consumer.kafka.watchdog import GroupWatch, group_state
@@ -47,9 +49,26 @@ def test_due_exactly_when_the_group_was_last_up_a_whole_period_ago(
         if state == "up":
             last_up = now
     assert watch.due(now + extra) == (now + extra - last_up >= period)
-    watch.reset(now + extra)
-    assert not watch.due(now + extra + period - 1)
-    assert watch.due(now + extra + period)
+
+
+def test_replaced_only_on_a_second_answer_confirm_s_later_with_the_group_still_not_up() -> None:
+    watch = GroupWatch(60, 0.0, confirm_s=20)
+    assert not watch.due(59) and watch.due(60)
+    assert not watch.answered(60, answers=True)  # first answer: wait confirm_s more
+    assert not watch.due(79) and watch.due(80)
+    assert watch.answered(80, answers=True)  # second answer: replace
+    assert not watch.due(139) and watch.due(140)  # and a new period from there
+
+    watch = GroupWatch(60, 0.0, confirm_s=20)
+    assert not watch.answered(60, answers=True)
+    watch.observed(70, "up")  # back by itself in between: nothing to do
+    assert not watch.due(129) and watch.due(130)
+    assert not watch.answered(130, answers=True)  # a fresh first answer, not a second one
+
+    watch = GroupWatch(60, 0.0, confirm_s=20)
+    assert not watch.answered(60, answers=False)  # the cluster is down for everyone: a whole new period
+    assert not watch.due(119) and watch.due(120)
+    assert not watch.answered(120, answers=True)
 
 
 class Listener:
@@ -79,37 +98,78 @@ def nowhere() -> dict[str, Any]:
             "reconnect.backoff.ms": 10_000, "log_level": 0}
 
 
-@pytest.mark.parametrize("answers", [True, False])
-def test_a_client_outside_its_group_for_a_period_is_replaced_only_when_the_cluster_answers(
-        monkeypatch: pytest.MonkeyPatch, nowhere: dict[str, Any], answers: bool) -> None:
-    asked: list[float] = []
+def watched(monkeypatch: pytest.MonkeyPatch, nowhere: dict[str, Any], answers: list[bool]
+            ) -> tuple[KafkaSource, Clock, Listener, list[str]]:
+    asked: list[str] = []
 
-    def cluster_answers(config: Any, timeout_s: float) -> bool:
-        asked.append(timeout_s)
-        return answers
+    def cluster_answers(config: Any, group_id: str, timeout_s: float) -> bool:
+        asked.append(group_id)
+        return answers.pop(0)
 
     monkeypatch.setattr(source_module, "cluster_answers", cluster_answers)
     clock, listener = Clock(), Listener()
     source = KafkaSource(nowhere, ["t"], listener, probe_config={"bootstrap.servers": "x"}, rejoin_after_s=60,
                          clock=clock)
+    return source, clock, listener, asked
+
+
+def test_a_client_outside_its_group_is_replaced_when_the_cluster_answers_twice(
+        monkeypatch: pytest.MonkeyPatch, nowhere: dict[str, Any]) -> None:
+    source, clock, listener, asked = watched(monkeypatch, nowhere, [True, True])
+    held = [("t", 0), ("t", 1)]
+    monkeypatch.setattr(source, "assignment", lambda: set(held))
     try:
         first = source._consumer
         source._on_statistics(statistics("up"))
         clock.now += 59
         source._on_statistics(statistics("query-coord"))
-        source.poll(10, 0)
-        assert asked == [] and source._consumer is first
+        assert source.poll(10, 0) == [] and asked == []
         clock.now += 1
         source.poll(10, 0)
-        assert len(asked) == 1
-        assert (source._consumer is not first) == answers
-        # Asked once per period, whatever the answer.
-        clock.now += 30
+        assert asked == ["g"] and source._consumer is first  # answered once: given confirm_s more
+        clock.now += 19
         source.poll(10, 0)
-        assert len(asked) == 1
-        assert listener.lost == []  # it held no partitions
+        assert asked == ["g"]
+        clock.now += 1
+        assert source.poll(10, 0) == []  # nothing read from either client on the turn that replaces
+        assert asked == ["g", "g"] and source._consumer is not first
+        assert listener.lost == [held]
+        assert source.closing is not None
+        source.closing.join(10)
+        assert not source.closing.is_alive()
     finally:
         source.close()
+
+
+def test_a_client_is_left_alone_while_the_cluster_does_not_answer(
+        monkeypatch: pytest.MonkeyPatch, nowhere: dict[str, Any]) -> None:
+    source, clock, listener, asked = watched(monkeypatch, nowhere, [False, False])
+    try:
+        first = source._consumer
+        clock.now += 60
+        source.poll(10, 0)
+        clock.now += 59
+        source.poll(10, 0)
+        assert asked == ["g"]
+        clock.now += 1
+        source.poll(10, 0)
+        assert asked == ["g", "g"] and source._consumer is first and listener.lost == []
+    finally:
+        source.close()
+
+
+def test_a_second_stuck_client_while_the_first_has_not_closed_stops_the_process(
+        monkeypatch: pytest.MonkeyPatch, nowhere: dict[str, Any]) -> None:
+    source = KafkaSource(nowhere, ["t"], Listener())
+    never = threading.Event()
+    source.closing = threading.Thread(target=never.wait, daemon=True)  # a close that hangs
+    source.closing.start()
+    try:
+        with pytest.raises(KafkaClientStuck, match="stopping for a fresh start"):
+            source.replace()
+        source.close()  # returns at once: the clients are left to the process's end
+    finally:
+        never.set()
 
 
 def test_callbacks_of_a_replaced_client_are_not_served(monkeypatch: pytest.MonkeyPatch,
