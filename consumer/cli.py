@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from consumer import __version__
-from consumer.core.errors import ConfigError, FeatureConsumerError, TransientError
+from consumer.core.errors import ConfigError, FeatureConsumerError, KafkaClientStuck, TransientError
 
 if TYPE_CHECKING:
     from consumer.config import Settings
@@ -302,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KafkaClientStuck as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        # Ending the interpreter would destroy the stuck Kafka clients, which can hang as closing them did:
+        # out at once instead, for the supervisor to start the process afresh.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except FeatureConsumerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

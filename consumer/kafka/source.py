@@ -123,15 +123,15 @@ class KafkaSource:
 
     @property
     def group_last_up(self) -> float:
-        """When the statistics last showed the group up (the watchdog's clock)."""
+        """When the statistics last showed the group up, or the watchdog last began a new period (its clock)."""
         return self._watch.last_up
 
     def _on_statistics(self, statistics: str) -> None:
         self._watch.observed(self._clock(), group_state(statistics))
 
     def _check_group(self) -> bool:
-        """Ask the cluster about the group (the loop waits up to PROBE_TIMEOUT_S); True if the handle was
-        replaced."""
+        """Ask the cluster about the group (the loop waits up to PROBE_TIMEOUT_S, and a second more); True if
+        the handle was replaced."""
         away_s = self._clock() - self._watch.last_up
         answers = cluster_answers(self._probe_config or {}, self.group_id, PROBE_TIMEOUT_S)
         if not self._watch.answered(self._clock(), answers):

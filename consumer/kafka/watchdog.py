@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,26 @@ class GroupWatch:
         return True
 
 
+# A broker's answers that mean the group's coordinator is away for everyone, like no answer at all.
+_COORDINATOR_AWAY = {KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
+                     KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
+
+
 def cluster_answers(config: Mapping[str, Any], group_id: str, timeout_s: float) -> bool:
-    """Whether a new client, with no state from before, has the group described (its coordinator found and
-    answering) within `timeout_s`."""
+    """Whether a new client, with no state from before, reaches the group's coordinator within `timeout_s`:
+    it describes the group, or the coordinator answers with an error of its own (the group not found, say,
+    or describing it not authorized)."""
     admin = AdminClient(dict(config))
     try:
         admin.describe_consumer_groups([group_id], request_timeout=timeout_s)[group_id].result(timeout=timeout_s + 1)
-    except (KafkaException, TimeoutError) as exc:
-        log.info("the Kafka cluster does not answer either (%s)", exc)
+    except TimeoutError:
+        log.info("the Kafka cluster does not answer either (no answer in %.0f s)", timeout_s)
         return False
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        # librdkafka's own errors (negative codes: timed out, transport, all brokers down) mean no answer.
+        if error is None or error.code() < 0 or error.code() in _COORDINATOR_AWAY:
+            log.info("the Kafka cluster does not answer either (%s)", exc)
+            return False
+        log.info("the group's coordinator answers (with %s)", error.name())
     return True

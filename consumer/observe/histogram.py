@@ -29,7 +29,10 @@ class _Series:
 
     def observe(self, values: Sequence[float] | npt.NDArray[np.float64]) -> None:
         """Count every value (negative ones as 0: a clock step back is not a negative duration)."""
-        array = np.maximum(np.asarray(values, dtype=np.float64), 0.0)
+        array = np.asarray(values, dtype=np.float64)
+        # A NaN is no duration (prometheus_client's histogram leaves it out of the buckets too); a metric must
+        # never stop the loop.
+        array = np.maximum(array[~np.isnan(array)], 0.0)
         if not array.size:
             return
         # Bucket i holds values in (bound[i-1], bound[i]]: the first bound not below the value.
@@ -47,6 +50,8 @@ class BatchHistogram:
         self.documentation = documentation
         self.labelnames = list(labelnames)
         bounds = sorted(float(b) for b in buckets)
+        if not bounds:
+            raise ValueError(f"{name}: no buckets")
         if bounds[-1] != float("inf"):
             bounds.append(float("inf"))
         self._bounds = np.array(bounds, dtype=np.float64)
@@ -54,8 +59,8 @@ class BatchHistogram:
         self._series: dict[tuple[str, ...], _Series] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> _Series:
-        key = tuple(values)
+    def labels(self, *values: object) -> _Series:
+        key = tuple(str(v) for v in values)
         series = self._series.get(key)
         if series is None:
             if len(key) != len(self.labelnames):

@@ -37,13 +37,16 @@ def test_same_series_as_prometheus_clients_histogram(batches: list[list[float]],
         assert math.isclose(got[key], value, rel_tol=1e-9, abs_tol=1e-9), key
 
 
-def test_values_on_a_bound_fall_in_its_bucket_and_negative_ones_count_as_zero() -> None:
+def test_values_on_a_bound_fall_in_its_bucket_negative_ones_count_as_zero_and_nan_is_left_out() -> None:
     registry = CollectorRegistry()
     h = BatchHistogram("w_seconds", "doc", ["view"], (0.001, 0.005), registry)
-    h.labels("v").observe([0.001, 0.005, -2.0, 0.0051])
+    h.labels("v").observe([0.001, 0.005, -2.0, 0.0051, float("nan")])
     bucket = {s.labels["le"]: s.value for m in registry.collect() for s in m.samples if s.name == "w_seconds_bucket"}
     assert bucket == {"0.001": 2.0, "0.005": 3.0, "+Inf": 4.0}
     assert registry.get_sample_value("w_seconds_count", {"view": "v"}) == 4
     assert registry.get_sample_value("w_seconds_sum", {"view": "v"}) == pytest.approx(0.0111)
     with pytest.raises(ValueError, match="labels"):
         h.labels("v", "extra")
+    assert h.labels(3) is h.labels("3")
+    with pytest.raises(ValueError, match="no buckets"):
+        BatchHistogram("e_seconds", "doc", ["view"], (), registry)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from consumer.core.errors import KafkaClientStuck
 from consumer.kafka import source as source_module
+from consumer.kafka import watchdog
 from consumer.kafka.source import KafkaSource
 from consumer.kafka.watchdog import GroupWatch, group_state
 
@@ -193,3 +196,58 @@ def test_rejoin_after_s_leaves_room_for_several_statistics_reports() -> None:
     assert KafkaSettings().rejoin_after_s == 60
     with pytest.raises(ValidationError, match="rejoin_after_s"):
         KafkaSettings(rejoin_after_s=5)
+
+
+class _Future:
+    def __init__(self, outcome: BaseException | None) -> None:
+        self.outcome = outcome
+
+    def result(self, timeout: float) -> object:
+        if self.outcome is not None:
+            raise self.outcome
+        return object()
+
+
+@pytest.mark.parametrize(("outcome", "answers"), [
+    (None, True),
+    (KafkaException(KafkaError(KafkaError.GROUP_ID_NOT_FOUND)), True),  # the coordinator answered
+    (KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED)), True),
+    (KafkaException(KafkaError(KafkaError._TIMED_OUT)), False),
+    (KafkaException(KafkaError(KafkaError._TRANSPORT)), False),
+    (KafkaException(KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE)), False),
+    (KafkaException(KafkaError(KafkaError.NOT_COORDINATOR)), False),
+    (TimeoutError(), False),
+])
+def test_only_an_answer_of_the_groups_coordinator_counts_as_the_cluster_answering(
+        monkeypatch: pytest.MonkeyPatch, outcome: BaseException | None, answers: bool) -> None:
+    class Admin:
+        def __init__(self, config: dict[str, Any]) -> None: ...
+
+        def describe_consumer_groups(self, groups: list[str], request_timeout: float) -> dict[str, _Future]:
+            return {groups[0]: _Future(outcome)}
+
+    monkeypatch.setattr(watchdog, "AdminClient", Admin)
+    assert watchdog.cluster_answers({}, "g", 1.0) is answers
+
+
+def test_a_stuck_kafka_client_ends_the_process_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumer import cli
+
+    def run(args: Any) -> int:
+        raise KafkaClientStuck("stuck again")
+
+    exits: list[int] = []
+
+    def exit_now(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", exit_now)
+    monkeypatch.setattr(cli.faulthandler, "register", lambda *a, **k: None)
+    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)  # pytest's own handlers stay
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: SimpleNamespace(fn=run, log_level="INFO"))
+    with pytest.raises(SystemExit):
+        cli.main([])
+    assert exits == [1]
