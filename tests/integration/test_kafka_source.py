@@ -10,6 +10,7 @@ from confluent_kafka import Producer
 
 from consumer.config.sections import KafkaSettings
 from consumer.kafka.source import TP, KafkaSource
+from consumer.kafka.watchdog import cluster_answers
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +84,13 @@ def test_a_replaced_client_gives_up_its_partitions_uncommitted_and_the_new_one_r
         assert len(first) == 40 and listener.commit_failures == []
     finally:
         source.close()
+
+
+def test_the_watchdogs_question_is_answered_by_the_stack_and_not_by_a_closed_port(stack) -> None:
+    settings = KafkaSettings(bootstrap_servers=stack.bootstrap_servers)
+    # A group that does not exist: its coordinator still answers.
+    assert cluster_answers(settings.admin_config(), f"nobody-{time.time_ns()}", 5.0)
+    nowhere = KafkaSettings(bootstrap_servers="127.0.0.1:1")
+    started = time.monotonic()
+    assert not cluster_answers(nowhere.admin_config(), "g", 2.0)
+    assert time.monotonic() - started < 10
