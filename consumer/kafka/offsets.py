@@ -28,9 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from consumer.core.errors import TransientError
 from consumer.kafka.source import TP
-
-_COORDINATOR_MOVING = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                                 KafkaError.COORDINATOR_NOT_AVAILABLE})
+from consumer.kafka.watchdog import COORDINATOR_AWAY
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,7 @@ class OffsetReader:
                 # A coordinator still loading, or moving (a group the broker has not seen, a broker just
                 # started), answers with a retriable error: ask again while there is time.
                 error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-                retry = error is not None and (error.retriable() or error.code() in _COORDINATOR_MOVING)
+                retry = error is not None and (error.retriable() or error.code() in COORDINATOR_AWAY)
                 if not retry or time.monotonic() >= deadline:
                     raise TransientError(f"Kafka did not answer for group {self.group_id!r}: {exc}") from exc
                 time.sleep(0.2)

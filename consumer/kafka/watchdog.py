@@ -77,9 +77,10 @@ class GroupWatch:
         return True
 
 
-# A broker's answers that mean the group's coordinator is away for everyone, like no answer at all.
-_COORDINATOR_AWAY = {KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR,
-                     KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
+# A broker's answers that mean the group's coordinator is moving or loading, not there for anyone yet: the
+# watchdog takes them as no answer, the offset reader (offsets.py) asks again.
+COORDINATOR_AWAY = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                              KafkaError.COORDINATOR_NOT_AVAILABLE})
 
 
 def cluster_answers(config: Mapping[str, Any], group_id: str, timeout_s: float) -> bool:
@@ -95,7 +96,7 @@ def cluster_answers(config: Mapping[str, Any], group_id: str, timeout_s: float) 
     except KafkaException as exc:
         error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
         # librdkafka's own errors (negative codes: timed out, transport, all brokers down) mean no answer.
-        if error is None or error.code() < 0 or error.code() in _COORDINATOR_AWAY:
+        if error is None or error.code() < 0 or error.code() in COORDINATOR_AWAY:
             log.info("the Kafka cluster does not answer either (%s)", exc)
             return False
         log.info("the group's coordinator answers (with %s)", error.name())
