@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +120,10 @@ class Probe(Events):
         self.stop: Any = None
         self.first: float | None = None
         self.last: float | None = None
-        self.written: list[Row] = []
-        self.freshness: list[float] = []  # ack (wall) minus the record's Kafka timestamp, per written row
-        self.keep_rows = True
         self.has_assignment = threading.Event()
         self._batches: dict[int, Any] = {}
+        # What was written is looked at after the run: per-row work here would be counted as ours' own CPU.
+        self._reports: list[tuple[Any, ViewBatch, WriteReport]] = []
 
     def batch_assembled(self, batch: Any) -> None:
         if self.first is None:
@@ -133,15 +132,34 @@ class Probe(Events):
             self._batches[id(view_batch)] = batch
 
     def view_written(self, view_batch: ViewBatch, report: WriteReport, waits: list[float]) -> None:
-        batch = self._batches.pop(id(view_batch))
-        rows = view_batch.rows
-        for i, status in enumerate(report.statuses):
-            if status in (RowStatus.APPLIED, RowStatus.PARTIAL):
-                _kind, ts_ms = batch.messages[int(view_batch.positions[i])].timestamp()
-                self.freshness.append(report.done_at[i] - ts_ms / 1000)
-                if self.keep_rows:
-                    values = {f: rows.values[f][i] for f in rows.values}
-                    self.written.append((rows.entity_keys[i], int(rows.event_ms[i]), int(rows.created_ms[i]), values))
+        self._reports.append((self._batches.pop(id(view_batch)), view_batch, report))
+
+    def reset(self) -> None:
+        """Forget what was written so far (for `written()` and `freshness()`)."""
+        self._reports.clear()
+
+    def _written_rows(self) -> Iterator[tuple[Any, ViewBatch, WriteReport, int]]:
+        for batch, view_batch, report in self._reports:
+            for i, status in enumerate(report.statuses):
+                if status in (RowStatus.APPLIED, RowStatus.PARTIAL):
+                    yield batch, view_batch, report, i
+
+    def written(self) -> list[Row]:
+        """The rows written, as the anchors take them."""
+        out: list[Row] = []
+        for _batch, view_batch, _report, i in self._written_rows():
+            rows = view_batch.rows
+            out.append((rows.entity_keys[i], int(rows.event_ms[i]), int(rows.created_ms[i]),
+                        {f: rows.values[f][i] for f in rows.values}))
+        return out
+
+    def freshness(self) -> list[float]:
+        """Per written row: its acknowledgement (wall clock) minus its record's Kafka timestamp, in seconds."""
+        out: list[float] = []
+        for batch, view_batch, report, i in self._written_rows():
+            _kind, ts_ms = batch.messages[int(view_batch.positions[i])].timestamp()
+            out.append(report.done_at[i] - ts_ms / 1000)
+        return out
 
     def assigned(self, partitions: list[TP]) -> None:
         self.has_assignment.set()
@@ -256,7 +274,7 @@ def run_ours(setup: Setup, name: str, records: Sequence[Record]) -> tuple[Probe,
         setup.after_run(store)
         store.close()
     assert probe.first is not None and probe.last is not None
-    return probe, Measured(len(probe.written), probe.last - probe.first, spent["client"], spent=spent)
+    return probe, Measured(len(probe.written()), probe.last - probe.first, spent["client"], spent=spent)
 
 
 def anchor_feast(setup: Setup, name: str, records: Sequence[Record]) -> float:
@@ -317,7 +335,7 @@ def warm_up(setup: Setup, records: int, start_ms: int) -> None:
     started = time.monotonic()
     data = make_records(records, 1_000_000, None, seed=1, start_ms=start_ms)
     probe, ours = run_ours(setup, "warmup", data)
-    writer_anchors(setup, "warmup", probe.written, [512])
+    writer_anchors(setup, "warmup", probe.written(), [512])
     print(f"warm-up (not counted): {records:,} records, ours {ours.rate:,.0f} writes/s, "
           f"{time.monotonic() - started:.0f} s in all")
     print()
@@ -360,7 +378,7 @@ def throughput(setup: Setup, args: argparse.Namespace, start_ms: int) -> float:
                                    ("zipf", args.zipf_entities, args.zipf_s)]:
         records = make_records(args.records, entities, zipf_s, seed=3, start_ms=start_ms)
         probe, _ = run_ours(setup, f"{name}_rows", records)  # the rows the anchors write: the ones ours wrote
-        rows = probe.written
+        rows = probe.written()
         picks = [anchor_raw(setup, f"{name}_pick", rows, w) for w in windows]
         window = windows[max(range(len(windows)), key=lambda i: picks[i].rate)]
         tried = ", ".join(f"{w}: {m.rate:,.0f}" for w, m in zip(windows, picks, strict=True))
@@ -402,7 +420,6 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
     entities = 20_000
     setup.store(keyspace, view, entity_keys(range(1, entities + 1), view)).close()
     probe = Probe({})
-    probe.keep_rows = False
     daemon = build(settings, serve_metrics=False, extra_events=probe)
     probe.stop = daemon.pipeline.stop
     # Where the machine's CPU went while records were produced: the cores are shared by everything here.
@@ -418,7 +435,7 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
         assert outside.stdout is not None and outside.stdout.readline().strip() == "ready"
         time.sleep(5)  # let the group settle and Cassandra flush after seeding
         wait_quiet(below_cores=0.4)  # and let the earlier phases' flushes and compactions end
-        probe.freshness.clear()
+        probe.reset()
         before = setup.meter.read()
         subprocess.run([sys.executable, str(ROOT / "bench" / "produce_at_rate.py"), setup.endpoints.bootstrap_servers,
                         topic, str(rate), str(seconds), str(entities)], check=True, capture_output=True)
@@ -439,7 +456,7 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
     time.sleep(1)  # the probe's last checks
     outside.send_signal(signal.SIGTERM)
     checked = json.loads(outside.communicate(timeout=30)[0].strip().splitlines()[-1])
-    inside = probe.freshness
+    inside = probe.freshness()
     seen = checked["latencies"]
     return {"rate": rate, "rows": len(inside), "p50": percentile(inside, 50), "p99": percentile(inside, 99),
             "p999": percentile(inside, 99.9), "probe_rows": len(seen), "probe_p50": percentile(seen, 50),
@@ -608,7 +625,7 @@ def run_phases(setup: Setup, args: argparse.Namespace) -> bool:
         print()
 
         def anchors(name: str) -> tuple[Measured, Measured]:
-            alone, raws = writer_anchors(setup, name, probe.written, [512])
+            alone, raws = writer_anchors(setup, name, probe.written(), [512])
             return alone, raws[0]
 
         contention(anchors, args.contention_rounds, args.co_tenant_cores)
