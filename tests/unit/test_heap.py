@@ -1,4 +1,5 @@
-"""The daemon freezes its start-up heap before the loop, so that full collections stay short."""
+"""The daemon freezes its start-up heap before the loop, so that full collections stay short, and collects
+its young objects less often."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from consumer.app import Daemon, settle_heap
+from consumer.app import YOUNG_GC_THRESHOLD, Daemon, settle_heap
 
 
 class _Node:
@@ -18,9 +19,11 @@ class _Node:
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
+    thresholds = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def test_objects_alive_at_start_up_are_no_longer_tracked_but_later_ones_are(unfrozen: None) -> None:
@@ -41,6 +44,31 @@ def test_garbage_made_after_start_up_is_still_collected(unfrozen: None) -> None:
     del node
     gc.collect()
     assert ref() is None
+
+
+def test_the_young_generation_is_collected_less_often_and_the_older_ones_as_before(unfrozen: None) -> None:
+    gc.set_threshold(700, 10, 10)
+    settle_heap()
+    assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, 10, 10)
+    settle_heap()  # again (the benchmark's anchors do): nothing changes
+    assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, 10, 10)
+
+
+def test_cycles_are_still_collected_without_being_asked_once_enough_objects_are_made(unfrozen: None) -> None:
+    gc.enable()  # the test session runs with automatic collection off (tests/conftest.py); the daemon does not
+    try:
+        settle_heap()
+        node = _Node()
+        node.me = node
+        ref = weakref.ref(node)
+        del node
+        kept = [[i] for i in range(YOUNG_GC_THRESHOLD // 2)]  # alive: they count towards the next collection
+        assert ref() is not None  # not yet: the young generation is not collected every 700 objects
+        kept += [[i] for i in range(YOUNG_GC_THRESHOLD)]
+        assert ref() is None
+    finally:
+        gc.disable()
+    assert len(kept) == YOUNG_GC_THRESHOLD * 3 // 2
 
 
 def test_garbage_left_by_start_up_is_collected_not_frozen(unfrozen: None) -> None:
