@@ -34,6 +34,9 @@ __all__ = ["MAX_RETRIES", "RETRY_BACKOFF", "TROUBLE_AFTER_S", "WriteEngine"]
 
 log = logging.getLogger(__name__)
 
+# Rows of a submission turned into writes per hold of the write state's lock (a few hundred microseconds).
+BEGIN_SLICE = 256
+
 
 class WriteEngine(WriteWindow, threading.Thread):
     def __init__(self, session: Callable[[], Any], prepare: Callable[[FeatureView], Statements],
@@ -56,6 +59,8 @@ class WriteEngine(WriteWindow, threading.Thread):
         # Submissions whose statements could not be prepared yet (Cassandra unreachable), in order: a later
         # submission never overtakes them. The engine thread's alone.
         self._unprepared: deque[Job] = deque()
+        # Submissions prepared and not yet begun in full, in order (the engine thread's alone).
+        self._beginning: deque[Job] = deque()
         self._prepare_failures = 0
         self._prepare_failing_since = 0.0
         self._prepare_at = 0.0
@@ -104,6 +109,8 @@ class WriteEngine(WriteWindow, threading.Thread):
         while not self._stopping:
             with self._locked():
                 wakeups = [r.at for r in self._waiting[:1]] + ([self._prepare_at] if self._unprepared else [])
+                if self._beginning:
+                    wakeups = [0.0]
             timeout = max(0.0, min(wakeups) - self._clock()) if wakeups else None
             try:
                 first = self._inbox.get(timeout=timeout)
@@ -118,6 +125,20 @@ class WriteEngine(WriteWindow, threading.Thread):
                     self._prepare_pending()
                 while self._waiting and self._waiting[0].at <= now:
                     self._ready.append(heapq.heappop(self._waiting).entry)
+                self._begin_some()
+
+    def _begin_some(self) -> None:
+        """Up to `BEGIN_SLICE` rows of the submissions waiting to begin, in order. The lock is let go after
+        each slice, and the answers that came meanwhile are taken and their rounds sent: begun in one go, a
+        submission of thousands of rows held the lock for tens of milliseconds while every answer waited,
+        and the window emptied."""
+        budget = BEGIN_SLICE
+        while self._beginning and budget > 0:
+            job = self._beginning[0]
+            begun = job.begun
+            if self._begin(job, budget):
+                self._beginning.popleft()
+            budget -= max(1, job.begun - begun)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -218,4 +239,4 @@ class WriteEngine(WriteWindow, threading.Thread):
                 continue
             self._prepare_failures = 0
             self._unprepared.popleft()
-            self._begin(job)
+            self._beginning.append(job)

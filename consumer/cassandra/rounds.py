@@ -153,6 +153,7 @@ class Job:
     give_up: bool  # fail on MAX_RETRIES instead of retrying on (a caller that waits)
     report: WriteReport
     left: int = 0  # rows without an outcome yet
+    begun: int = 0  # rows turned into writes so far (a large job is begun a slice at a time)
     statements: Statements | None = None
     abandoned: bool = False
 

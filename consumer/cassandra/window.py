@@ -125,16 +125,23 @@ class WriteWindow:
         """A retry is due earlier than the engine's thread was going to look."""
         raise NotImplementedError
 
-    def _begin(self, job: Job) -> None:
-        if job.left == 0:
+    def _begin(self, job: Job, limit: int) -> bool:
+        """Turn up to `limit` more of the job's rows into writes; True once every row is begun."""
+        if job.abandoned:
+            return True
+        if job.left == 0:  # no rows at all
             self._complete(job)
-            return
+            return True
         rows, features, table = job.rows, [f.name for f in job.view.features], job.view.table
-        columns = [(f, rows.values[f]) for f in features]
-        event_ms, created_ms = rows.event_ms.tolist(), rows.created_ms.tolist()  # ints, not numpy scalars
+        start = job.begun
+        end = min(len(rows), start + limit)
+        job.begun = end
+        columns = [(f, rows.values[f][start:end]) for f in features]
+        event_ms, created_ms = rows.event_ms[start:end].tolist(), rows.created_ms[start:end].tolist()
         guess = self._first_guess.guess()
-        for i, key in enumerate(rows.entity_keys):
-            task = Task(i, key, (event_ms[i], created_ms[i]), {f: column[i] for f, column in columns},
+        for j, key in enumerate(rows.entity_keys[start:end]):
+            i = start + j
+            task = Task(i, key, (event_ms[j], created_ms[j]), {f: column[j] for f, column in columns},
                         guess=guess, remaining=list(features))
             entry = Entry(job, task, (table, key))
             queued = self._active.get(entry.entity)
@@ -143,6 +150,7 @@ class WriteWindow:
             else:
                 self._active[entry.entity] = deque([entry])
                 self._start(entry)
+        return end == len(rows)
 
     def _queue_behind(self, queued: deque[Entry], entry: Entry) -> None:
         """The entity has a write in flight: the entry waits for it. At most one write of an entity waits:

@@ -8,8 +8,10 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 from cassandra import ConsistencyLevel, InvalidRequest, WriteTimeout, WriteType
 
+from consumer.cassandra import engine as engine_module
 from consumer.cassandra.connection import CassandraOptions
 from consumer.cassandra.writer import CassandraStore
 from consumer.core.errors import StoreUnavailable
@@ -354,5 +356,105 @@ def test_a_failed_write_leaves_nothing_in_the_stale_cache_for_the_features_it_di
         sent.answer(APPLIED)
         wait_for(lambda: later, what="the later write's report")
         assert later[0].statuses == [RowStatus.APPLIED] and later[0].cache_skips == 0
+    finally:
+        store.close()
+
+
+def sliced_store(session: Session, monkeypatch: pytest.MonkeyPatch, window: int) -> tuple[CassandraStore, list[Any]]:
+    """A store whose engine begins submissions two rows at a time; `begun` records, at each slice, the
+    submission, its rows begun before it and the requests sent so far."""
+    monkeypatch.setattr(engine_module, "BEGIN_SLICE", 2)
+    store = CassandraStore(CassandraOptions(keyspace="ks", cache_entries=0, max_in_flight=window))
+    store._session = session
+    engine = store._engine_for_writes()
+    begun: list[Any] = []
+    begin = engine._begin
+
+    def recorded(job: Any, limit: int) -> bool:
+        begun.append((job.id, job.begun, session.sent))
+        return begin(job, limit)
+
+    engine._begin = recorded  # type: ignore[method-assign]
+    return store, begun
+
+
+def test_answers_that_come_while_a_large_submission_is_begun_are_taken_between_its_slices(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    session = Session()
+    store, begun = sliced_store(session, monkeypatch, window=1)
+    try:
+        first = submit(store, ["k0"])
+        [in_flight] = session.take(1)
+        engine = store._engine_for_writes()
+        begin = engine._begin
+
+        def answer_during_the_first_slice(job: Any, limit: int) -> bool:
+            if job.begun == 0 and len(job.rows) > 1:
+                in_flight.answer(APPLIED)  # on the engine's thread, holding the lock: left for the slice's end
+            return begin(job, limit)
+
+        engine._begin = answer_during_the_first_slice  # type: ignore[method-assign]
+        large = submit(store, ["k1", "k2", "k3", "k4", "k5"])
+        for _ in range(5):
+            session.take(1)[0].answer(APPLIED)
+        wait_for(lambda: first and large, what="both reports")
+        assert large[0].statuses == [RowStatus.APPLIED] * 5
+        slices = [(begun_before, sent) for job, begun_before, sent in begun if job != begun[0][0]]
+        assert [begun_before for begun_before, _sent in slices] == [0, 2, 4]
+        # By the second slice k0's answer had been taken and k1 sent, before the rest was begun.
+        assert slices[1][1] >= 2
+    finally:
+        store.close()
+
+
+def test_a_later_submission_does_not_overtake_the_rows_of_one_still_being_begun(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    session = Session()
+    store, begun = sliced_store(session, monkeypatch, window=16)
+    engine = store._engine_for_writes()
+    try:
+        with engine._lock:  # both submissions reach the engine's thread together
+            large = submit(store, ["k1", "k2", "k3", "k4", "k5", "k6"])
+            later = submit(store, ["k6"], event_ms=2000)
+        in_flight = session.take(6)
+        time.sleep(0.2)
+        assert session.pending == []  # the later k6 waits for the earlier, begun in the last slice
+        assert [begun_before for _job, begun_before, _sent in begun] == [0, 2, 4, 0]
+        for future in in_flight:
+            future.answer(APPLIED)
+        [after] = session.take(1)
+        assert session.key_of(after) == "k6" and 2000 in after.request[1]
+        after.answer(APPLIED)
+        wait_for(lambda: large and later, what="both reports")
+        assert large[0].statuses == [RowStatus.APPLIED] * 6 and later[0].statuses == [RowStatus.APPLIED]
+    finally:
+        store.close()
+
+
+def test_a_submission_abandoned_while_it_is_begun_sends_nothing_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    session = Session()
+    store, _begun = sliced_store(session, monkeypatch, window=16)
+    engine = store._engine_for_writes()
+    begin = engine._begin
+    reports: list[WriteReport] = []
+
+    def abandon_in_the_second_slice(job: Any, limit: int) -> bool:
+        done = begin(job, limit)
+        if job.begun == 4:
+            store.abandon([job.id])  # on the engine's thread: taken when the slice lets the lock go
+        return done
+
+    engine._begin = abandon_in_the_second_slice  # type: ignore[method-assign]
+    try:
+        store.submit(driver_view(), rows(["k1", "k2", "k3", "k4", "k5", "k6"]), reports.append)
+        sent = session.take(2)  # the first slice's rows went out; the second's were abandoned before
+        time.sleep(0.2)
+        assert session.sent == 2 and store.pending() == 0
+        for future in sent:
+            future.answer(APPLIED)
+        later = submit(store, ["k5"], event_ms=2000)  # never begun for the abandoned one: free at once
+        session.take(1)[0].answer(APPLIED)
+        wait_for(lambda: later, what="the later report")
+        assert reports == []
     finally:
         store.close()
