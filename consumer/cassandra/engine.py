@@ -34,7 +34,7 @@ __all__ = ["MAX_RETRIES", "RETRY_BACKOFF", "TROUBLE_AFTER_S", "WriteEngine"]
 
 log = logging.getLogger(__name__)
 
-# Rows of a submission turned into writes per hold of the write state's lock (a few hundred microseconds).
+# Rows of a submission turned into writes per hold of the write state's lock (about a millisecond of CPU).
 BEGIN_SLICE = 256
 
 
@@ -128,8 +128,8 @@ class WriteEngine(WriteWindow, threading.Thread):
                 self._begin_some()
 
     def _begin_some(self) -> None:
-        """Up to `BEGIN_SLICE` rows of the submissions waiting to begin, in order. The lock is let go after
-        each slice, and the answers that came meanwhile are taken and their rounds sent: begun in one go, a
+        """Up to `BEGIN_SLICE` rows of the submissions waiting to begin, in order. `_serve` lets the lock go
+        after each slice, and the answers that came meanwhile are taken and their rounds sent: begun in one go, a
         submission of thousands of rows held the lock for tens of milliseconds while every answer waited,
         and the window emptied."""
         budget = BEGIN_SLICE
@@ -182,8 +182,9 @@ class WriteEngine(WriteWindow, threading.Thread):
         self._pump()
 
     def _wake(self) -> None:
-        if threading.current_thread() is not self:
-            self._inbox.put(("wake",))  # the engine's thread may be asleep until a later time, or for good
+        # The engine's thread may be asleep until a later time, or for good. On its own thread too: it may
+        # have worked out how long to sleep before taking the answer that brought this retry.
+        self._inbox.put(("wake",))
 
     def _on_wake(self) -> None:
         pass

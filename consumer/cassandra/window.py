@@ -129,7 +129,7 @@ class WriteWindow:
         """Turn up to `limit` more of the job's rows into writes; True once every row is begun."""
         if job.abandoned:
             return True
-        if job.left == 0:  # no rows at all
+        if len(job.rows) == 0:
             self._complete(job)
             return True
         rows, features, table = job.rows, [f.name for f in job.view.features], job.view.table

@@ -413,7 +413,7 @@ def test_a_later_submission_does_not_overtake_the_rows_of_one_still_being_begun(
     store, begun = sliced_store(session, monkeypatch, window=16)
     engine = store._engine_for_writes()
     try:
-        with engine._lock:  # both submissions reach the engine's thread together
+        with engine._lock:  # taken in one turn of the engine or two, the later still begins after the earlier
             large = submit(store, ["k1", "k2", "k3", "k4", "k5", "k6"])
             later = submit(store, ["k6"], event_ms=2000)
         in_flight = session.take(6)
@@ -456,5 +456,36 @@ def test_a_submission_abandoned_while_it_is_begun_sends_nothing_more(monkeypatch
         session.take(1)[0].answer(APPLIED)
         wait_for(lambda: later, what="the later report")
         assert reports == []
+    finally:
+        store.close()
+
+
+def test_a_retry_scheduled_by_an_answer_the_engine_takes_itself_is_sent_when_due() -> None:
+    session = Session()
+    store = store_with(session)
+    engine = store._engine_for_writes()
+    timeout = WriteTimeout("Paxos timed out", consistency=ConsistencyLevel.SERIAL, required_responses=2,
+                           received_responses=1, write_type=WriteType.CAS)
+    failing: list[Future] = []
+
+    class Waiting(list):  # type: ignore[type-arg]
+        """The engine's retries: the answer comes while its thread looks at them, holding the lock, so the
+        engine takes it (and schedules the retry) itself on leaving, after it computed how long to sleep."""
+
+        def __getitem__(self, index: Any) -> Any:
+            if isinstance(index, slice) and failing and threading.current_thread() is engine:
+                failing.pop().fail(timeout)
+            return super().__getitem__(index)
+
+    try:
+        report = submit(store, ["k1"])
+        [first] = session.take(1)
+        engine._waiting = Waiting()
+        failing.append(first)
+        engine._inbox.put(("wake",))  # one more turn of the engine's loop, with nothing else to do
+        [again] = session.take(1, timeout_s=5)  # the retry, sent after its backoff of a few ms
+        again.answer(APPLIED)
+        wait_for(lambda: report, what="the report")
+        assert report[0].statuses == [RowStatus.APPLIED] and report[0].retries == 1
     finally:
         store.close()
