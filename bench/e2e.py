@@ -607,8 +607,9 @@ def run_phases(setup: Setup, args: argparse.Namespace) -> bool:
         if spark is None:
             failed = True
         else:
+            decode = spark.get("backlog", {}).get("decode")  # Feast's own Avro decoding, or the binary value
             print(f"(d) Feast's Spark Kafka processor (pyspark {spark.get('pyspark')}, trigger "
-                  f"{spark.get('processing_time')!r}; {spark.get('decode')}): backlog {spark['throughput_rps']:,.0f} "
+                  f"{spark.get('processing_time')!r}; {decode} decoding): backlog {spark['throughput_rps']:,.0f} "
                   "records/s")
             print("| rate | sustained | p50 ms | p99 ms | p99.9 ms |")
             print("|---:|---:|---:|---:|---:|")
