@@ -464,8 +464,7 @@ def test_a_retry_scheduled_by_an_answer_the_engine_takes_itself_is_sent_when_due
     session = Session()
     store = store_with(session)
     engine = store._engine_for_writes()
-    timeout = WriteTimeout("Paxos timed out", consistency=ConsistencyLevel.SERIAL, required_responses=2,
-                           received_responses=1, write_type=WriteType.CAS)
+    timeout = WriteTimeout("timed out", write_type=WriteType.CAS)
     failing: list[Future] = []
 
     class Waiting(list):  # type: ignore[type-arg]
