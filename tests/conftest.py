@@ -83,12 +83,13 @@ def make_topic(
     """Create uniquely named topics for one test; they are deleted afterwards."""
     from confluent_kafka.admin import NewTopic
 
+    from tests.topics import create_topics
+
     created: list[str] = []
 
     def make(partitions: int = 1, suffix: str = "t") -> str:
         name = unique_name(request, suffix)
-        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        futures[name].result(timeout=30)
+        create_topics(admin, [NewTopic(name, num_partitions=partitions, replication_factor=1)])
         created.append(name)
         return name
 

@@ -25,6 +25,7 @@ from consumer.kafka.offsets import OffsetReader, PartitionLag
 from stack.cluster import ClusterEndpoints
 from stack.example import example_view_spec
 from stack.localstack import Endpoints
+from tests.topics import create_topics
 from tests.workload import Event
 
 
@@ -84,10 +85,8 @@ class Deployment:
 
     def create_topics(self) -> None:
         admin = AdminClient({"bootstrap.servers": self.endpoints.bootstrap_servers})
-        futures = admin.create_topics([NewTopic(self.topic, self.partitions, self.replicas, config=self.topic_config),
-                                       NewTopic(self.dead_letter_topic, 1, self.replicas, config=self.topic_config)])
-        for future in futures.values():
-            future.result(30)
+        create_topics(admin, [NewTopic(self.topic, self.partitions, self.replicas, config=self.topic_config),
+                              NewTopic(self.dead_letter_topic, 1, self.replicas, config=self.topic_config)])
 
     def produce(self, events: Iterable[Event], encode: Callable[[Event], bytes] | None = None
                 ) -> dict[int, tuple[int, int]]:

@@ -135,13 +135,13 @@ def make_topic(request: pytest.FixtureRequest, kafka_admin: Any) -> Iterator[Cal
     """Topics with three replicas (min.insync.replicas=2 from the brokers' default); deleted afterwards."""
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # re-exported, not in __all__
 
+    from tests.topics import create_topics
+
     made: list[str] = []
 
     def make(partitions: int = 3, **config: str) -> str:
         name = unique_name(request, "t")
-        futures = kafka_admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=3,
-                                                      config=config)])
-        futures[name].result(timeout=30)
+        create_topics(kafka_admin, [NewTopic(name, num_partitions=partitions, replication_factor=3, config=config)])
         made.append(name)
         return name
 
@@ -195,11 +195,12 @@ def make_cluster_deployment(request: pytest.FixtureRequest, cluster: local_clust
         else:
             from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # re-exported
 
+            from tests.topics import create_topics
+
             # (confluent-kafka 2.16 wants the partition count along with the assignment.)
             topics = [NewTopic(dep.topic, len(leaders[0]), replica_assignment=leaders[0], config=dep.topic_config),
                       NewTopic(dep.dead_letter_topic, 1, replica_assignment=[leaders[1]], config=dep.topic_config)]
-            for future in kafka_admin.create_topics(topics).values():
-                future.result(30)
+            create_topics(kafka_admin, topics)
         dep.write_config()
         if len(made) == 1:
             store = CassandraStore(cluster_options(cluster, cluster_keyspace))

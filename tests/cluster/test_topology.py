@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]  # re-exported, not in __all__
 
 from stack import cluster as local_cluster
+from tests.topics import unknown_to
 
 pytestmark = pytest.mark.cluster
 
@@ -115,6 +116,20 @@ def test_conditional_writes_survive_one_node_down_and_are_refused_with_two(
             rows = node.execute(SimpleStatement(f"SELECT k, v FROM {ks}.t WHERE k IN ('before', 'one-down', 'after')",
                                                 consistency_level=ConsistencyLevel.ALL))
             assert sorted((r.k, r.v) for r in rows) == [("after", 3), ("before", 0), ("one-down", 1)], member
+
+
+def test_a_made_topic_is_known_to_every_broker_and_a_missing_one_to_none(
+    cluster: local_cluster.ClusterEndpoints, kafka_admin: Any, make_topic: Callable[..., str]
+) -> None:
+    # CreateTopics is answered before every broker has replayed the new topic; tests that go on at once
+    # (describe its configs, produce to it) must not meet a broker that has not.
+    brokers = sorted(kafka_admin.list_topics(timeout=10).brokers)
+    assert brokers == [m.broker_id for m in local_cluster.members() if m.service == "kafka"]
+    missing = f"never_made_{uuid.uuid4().hex[:8]}"
+    for _ in range(10):  # without the wait, about one broker in eight does not know a topic made just now
+        topic = make_topic(partitions=3)
+        for broker in brokers:
+            assert unknown_to(kafka_admin, broker, [topic, missing]) == [missing], broker
 
 
 def test_acks_all_produces_go_on_with_one_broker_killed_and_leadership_moves(

@@ -29,6 +29,7 @@ from tests.daemon import (
 )
 from tests.helpers import DRIVER_SCHEMA, wait_for
 from tests.proxy import TcpProxy
+from tests.topics import create_topics
 from tests.workload import Event, generate
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
@@ -198,7 +199,7 @@ def test_dead_letter_topic_unwritable(deployment, reader, daemons, record_figure
     deadline = time.monotonic() + 30
     while True:  # topic deletion completes asynchronously; creating it again may need a retry
         try:
-            admin.create_topics([NewTopic(deployment.dead_letter_topic, 1, 1)])[deployment.dead_letter_topic].result(30)
+            create_topics(admin, [NewTopic(deployment.dead_letter_topic, 1, 1)])
             break
         except Exception:
             if time.monotonic() > deadline:

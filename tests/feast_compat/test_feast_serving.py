@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumer.kafka.offsets import OffsetReader
 from stack import feastenv
+from tests.topics import create_topics
 
 pytestmark = [pytest.mark.feast, pytest.mark.integration]
 
@@ -127,9 +128,7 @@ def test_feast_serves_the_newest_values_the_daemon_wrote(stack, keyspace, tmp_pa
     run = uuid.uuid4().hex[:8]
     stream_topic, hourly_topic, group = f"serving_stream_{run}", f"serving_hourly_{run}", f"serving_{run}"
     admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
-    for future in admin.create_topics([NewTopic(stream_topic, 3, 1), NewTopic(hourly_topic, 2, 1),
-                                       NewTopic(f"{group}.dlq", 1, 1)]).values():
-        future.result(30)
+    create_topics(admin, [NewTopic(stream_topic, 3, 1), NewTopic(hourly_topic, 2, 1), NewTopic(f"{group}.dlq", 1, 1)])
 
     repo = tmp_path / "repo"
     repo.mkdir()

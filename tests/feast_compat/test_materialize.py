@@ -36,6 +36,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from stack import feastenv
 from tests.feast_compat.test_feast_serving import wait_caught_up
 from tests.helpers import DRIVER_SCHEMA, DRIVER_SCHEMA_PATH, avro_body, plain_schema
+from tests.topics import create_topics
 from tests.workload import entity_key
 
 pytestmark = [pytest.mark.feast, pytest.mark.integration]
@@ -269,8 +270,7 @@ def stream_and_materialize(stack: Any, cql_session: Any, keyspace: str, tmp_path
     run = uuid.uuid4().hex[:8]
     topic, group = f"mat_{run}", f"mat_{run}"
     admin = AdminClient({"bootstrap.servers": stack.bootstrap_servers})
-    for future in admin.create_topics([NewTopic(topic, 3, 1), NewTopic(f"{group}.dlq", 1, 1)]).values():
-        future.result(30)
+    create_topics(admin, [NewTopic(topic, 3, 1), NewTopic(f"{group}.dlq", 1, 1)])
     repo = Repo(tmp_path / f"repo_{run}", stack, keyspace, [("driver_stats", topic)])
     repo.history("driver_stats", load.offline)
     repo.run("feast", "apply")
