@@ -1,0 +1,30 @@
+"""bench.e2e's probe times ours from its first batch to the commit that reaches the log end, not to the
+commits the daemon's shutdown sends afterwards."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.e2e import Probe
+
+
+def test_the_run_ends_at_the_commit_that_reaches_the_log_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([1.0, 2.0, 3.0, 4.0, 5.0])
+    monkeypatch.setattr("bench.e2e.time.perf_counter", lambda: next(clock))
+    probe = Probe({("t", 0): 10, ("t", 1): 20})
+    stops: list[float] = []
+    probe.stop = lambda: stops.append(probe.last or 0.0)
+
+    probe.committed({("t", 0): 10}, 0.0)  # at 1.0: one partition at its end
+    assert not probe.complete and probe.last == 1.0 and stops == []
+    probe.committed({("t", 1): 20}, 0.0)  # at 2.0: both are
+    assert probe.complete and probe.last == 2.0 and stops == [2.0]
+    probe.committed({("t", 0): 10, ("t", 1): 20}, 0.0)  # the shutdown's commit, later
+    assert probe.last == 2.0 and stops == [2.0]
+
+
+def test_without_ends_a_run_goes_on() -> None:
+    probe = Probe({})
+    probe.stop = lambda: pytest.fail("stopped without ends")
+    probe.committed({("t", 0): 10}, 0.0)
+    assert not probe.complete and probe.done == {("t", 0): 10}
