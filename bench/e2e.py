@@ -114,8 +114,9 @@ def make_records(n: int, entities: int, zipf_s: float | None, seed: int, start_m
 class Probe(Events):
     """Watches the pipeline: when its commits reach the log end, stop; what it wrote, and how fresh."""
 
-    def __init__(self, ends: Mapping[TP, int]) -> None:
+    def __init__(self, ends: Mapping[TP, int], clock: Callable[[], float] = time.perf_counter) -> None:
         self.ends = dict(ends)
+        self._clock = clock
         self.done: dict[TP, int] = {}
         self.stop: Any = None
         self.first: float | None = None
@@ -128,7 +129,7 @@ class Probe(Events):
 
     def batch_assembled(self, batch: Any) -> None:
         if self.first is None:
-            self.first = time.perf_counter()
+            self.first = self._clock()
         for view_batch in batch.views:
             self._batches[id(view_batch)] = batch
 
@@ -171,7 +172,7 @@ class Probe(Events):
             # part of the run, and (a) and (b) are timed only up to their last answer.
             return
         self.done.update(offsets)
-        self.last = time.perf_counter()
+        self.last = self._clock()
         if self.ends and all(self.done.get(tp, 0) >= end for tp, end in self.ends.items()):
             self.complete = True
             self.stop()

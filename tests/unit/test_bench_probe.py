@@ -8,10 +8,9 @@ import pytest
 from bench.e2e import Probe
 
 
-def test_the_run_ends_at_the_commit_that_reaches_the_log_end(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_run_ends_at_the_commit_that_reaches_the_log_end() -> None:
     clock = iter([1.0, 2.0, 3.0, 4.0, 5.0])
-    monkeypatch.setattr("bench.e2e.time.perf_counter", lambda: next(clock))
-    probe = Probe({("t", 0): 10, ("t", 1): 20})
+    probe = Probe({("t", 0): 10, ("t", 1): 20}, clock=lambda: next(clock))
     stops: list[float] = []
     probe.stop = lambda: stops.append(probe.last or 0.0)
 
