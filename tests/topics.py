@@ -48,15 +48,25 @@ def unknown_to(admin: Any, broker_id: int, names: Sequence[str], timeout: float 
 
 
 def wait_known_everywhere(admin: Any, names: Sequence[str], timeout: float = 30.0) -> None:
+    """Until each broker in the cluster's metadata knows all of `names`. A broker that does not answer
+    (just restarted, say) is asked again until the deadline, like one that does not know them yet."""
     deadline = time.monotonic() + timeout
     brokers = sorted(admin.list_topics(timeout=timeout).brokers)
-    pending = {broker: list(names) for broker in brokers}
-    while pending:
+    pending: dict[int, list[str]] = {broker: list(names) for broker in brokers}
+    errors: dict[int, str] = {}
+    while True:
         for broker in list(pending):
-            pending[broker] = unknown_to(admin, broker, pending[broker])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"brokers still do not know their new topics after {timeout:.0f}s: {pending}"
+                                     + (f"; last errors: {errors}" if errors else ""))
+            try:
+                pending[broker] = unknown_to(admin, broker, pending[broker], timeout=min(10.0, left))
+            except (KafkaException, TimeoutError) as exc:
+                errors[broker] = repr(exc)
+                continue
             if not pending[broker]:
                 del pending[broker]
-        if pending and time.monotonic() > deadline:
-            raise AssertionError(f"brokers still do not know their new topics after {timeout:.0f}s: {pending}")
-        if pending:
-            time.sleep(0.1)
+        if not pending:
+            return
+        time.sleep(0.1)

@@ -126,7 +126,9 @@ def test_a_made_topic_is_known_to_every_broker_and_a_missing_one_to_none(
     brokers = sorted(kafka_admin.list_topics(timeout=10).brokers)
     assert brokers == [m.broker_id for m in local_cluster.members() if m.service == "kafka"]
     missing = f"never_made_{uuid.uuid4().hex[:8]}"
-    for _ in range(10):  # without the wait, about one broker in eight does not know a topic made just now
+    # Without the wait, about one check in eight met a broker that did not know its topic yet, and this
+    # test failed two runs in three.
+    for _ in range(10):
         topic = make_topic(partitions=3)
         for broker in brokers:
             assert unknown_to(kafka_admin, broker, [topic, missing]) == [missing], broker

@@ -29,7 +29,7 @@ from tests.daemon import (
 )
 from tests.helpers import DRIVER_SCHEMA, wait_for
 from tests.proxy import TcpProxy
-from tests.topics import create_topics
+from tests.topics import wait_known_everywhere
 from tests.workload import Event, generate
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
@@ -199,11 +199,12 @@ def test_dead_letter_topic_unwritable(deployment, reader, daemons, record_figure
     deadline = time.monotonic() + 30
     while True:  # topic deletion completes asynchronously; creating it again may need a retry
         try:
-            create_topics(admin, [NewTopic(deployment.dead_letter_topic, 1, 1)])
+            admin.create_topics([NewTopic(deployment.dead_letter_topic, 1, 1)])[deployment.dead_letter_topic].result(30)
             break
         except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
+    wait_known_everywhere(admin, [deployment.dead_letter_topic])
     deployment.wait_caught_up(timeout_s=180, daemons=daemons)
     record_figures("dead-letter topic unwritable ~25 s", deployment, reader, events, where, 1)

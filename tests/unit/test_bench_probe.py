@@ -27,3 +27,16 @@ def test_without_ends_a_run_goes_on() -> None:
     probe.stop = lambda: pytest.fail("stopped without ends")
     probe.committed({("t", 0): 10}, 0.0)
     assert not probe.complete and probe.done == {("t", 0): 10}
+
+
+def test_ends_set_during_the_run_end_it_at_the_next_commit_that_reaches_them() -> None:
+    # The freshness phase learns the log ends only once its producer is done.
+    clock = iter([1.0, 2.0, 3.0])
+    probe = Probe({}, clock=lambda: next(clock))
+    stops: list[float] = []
+    probe.stop = lambda: stops.append(probe.last or 0.0)
+    probe.committed({("t", 0): 5}, 0.0)
+    probe.ends = {("t", 0): 8}
+    probe.committed({("t", 0): 8}, 0.0)
+    probe.committed({("t", 0): 8}, 0.0)
+    assert probe.complete and probe.last == 2.0 and stops == [2.0]
