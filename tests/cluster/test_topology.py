@@ -124,7 +124,7 @@ def test_a_made_topic_is_known_to_every_broker_and_a_missing_one_to_none(
     # CreateTopics is answered before every broker has replayed the new topic; tests that go on at once
     # (describe its configs, produce to it) must not meet a broker that has not.
     brokers = sorted(kafka_admin.list_topics(timeout=10).brokers)
-    assert brokers == [m.broker_id for m in local_cluster.members() if m.service == "kafka"]
+    assert brokers == [m.broker_id for m in local_cluster.KAFKA_MEMBERS]
     missing = f"never_made_{uuid.uuid4().hex[:8]}"
     # Without the wait, about one check in eight met a broker that did not know its topic yet, and this
     # test failed two runs in three.
