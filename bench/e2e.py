@@ -173,6 +173,14 @@ class Probe(Events):
             return
         self.done.update(offsets)
         self.last = self._clock()
+        self._stop_at_ends()
+
+    def set_ends(self, ends: Mapping[TP, int]) -> None:
+        """The log ends, learnt during the run; stops it if the commits have reached them already."""
+        self.ends = dict(ends)
+        self._stop_at_ends()
+
+    def _stop_at_ends(self) -> None:
         if self.ends and all(self.done.get(tp, 0) >= end for tp, end in self.ends.items()):
             self.complete = True
             self.stop()
@@ -449,9 +457,7 @@ def freshness_run(setup: Setup, rate: float, seconds: float) -> dict[str, Any]:
         cpu.update(Meter.spent(before, setup.meter.read()))
         ends = {(r.topic, r.partition): r.log_end
                 for r in group_lag({"bootstrap.servers": setup.endpoints.bootstrap_servers}, "none", [topic])}
-        probe.ends = ends
-        if all(probe.done.get(tp, 0) >= end for tp, end in ends.items()):
-            daemon.pipeline.stop()
+        probe.set_ends(ends)
 
     thread = threading.Thread(target=producer_thread, daemon=True)
     thread.start()

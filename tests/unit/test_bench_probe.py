@@ -36,7 +36,16 @@ def test_ends_set_during_the_run_end_it_at_the_next_commit_that_reaches_them() -
     stops: list[float] = []
     probe.stop = lambda: stops.append(probe.last or 0.0)
     probe.committed({("t", 0): 5}, 0.0)
-    probe.ends = {("t", 0): 8}
+    probe.set_ends({("t", 0): 8})
     probe.committed({("t", 0): 8}, 0.0)
     probe.committed({("t", 0): 8}, 0.0)
     assert probe.complete and probe.last == 2.0 and stops == [2.0]
+
+
+def test_ends_already_reached_when_set_stop_the_run_at_once() -> None:
+    probe = Probe({}, clock=lambda: 1.0)
+    stops: list[bool] = []
+    probe.stop = lambda: stops.append(True)
+    probe.committed({("t", 0): 8}, 0.0)
+    probe.set_ends({("t", 0): 8})
+    assert probe.complete and stops == [True] and probe.last == 1.0
