@@ -17,7 +17,7 @@ stack/localstack.py without touching it. Each member is named `cassandra-1..3` o
 be stopped (SIGTERM, waited for), killed (SIGKILL), paused (SIGSTOP), resumed (SIGCONT) and started again
 with its data kept; `wait_ready` waits until a member is back in the cluster (a Cassandra node answers CQL
 and it and the other running nodes see each other UP; a broker is unfenced and in the ISR of every
-partition it holds).
+partition it holds, as every running broker tells in its own metadata).
 """
 
 from __future__ import annotations
@@ -494,17 +494,45 @@ def sees_up(observed: GossipEntry | None, own: GossipEntry | None, max_lag: int 
             and own.heartbeat - observed.heartbeat <= max_lag)
 
 
-def broker_in_sync(metadata: Any, broker_id: int) -> str | None:
-    """None when the broker is registered (unfenced) and in the ISR of every partition it holds a replica
-    of; otherwise what is still missing. `metadata` is confluent-kafka's ClusterMetadata."""
-    if broker_id not in metadata.brokers:
-        return f"broker {broker_id} is not among the live brokers {sorted(metadata.brokers)}"
-    lagging = [f"{topic}-{p}" for topic, tmeta in sorted(metadata.topics.items())
-               for p, pmeta in sorted(tmeta.partitions.items())
-               if broker_id in pmeta.replicas and broker_id not in pmeta.isrs]
+@dataclasses.dataclass(frozen=True)
+class BrokerView:
+    """What one broker's own metadata says: the live (unfenced) brokers, and per partition its replicas
+    and ISR. Each broker replays the cluster's metadata log by itself, so for a few milliseconds after a
+    change one broker may tell it and another not yet."""
+
+    brokers: frozenset[int]
+    partitions: Mapping[tuple[str, int], tuple[tuple[int, ...], tuple[int, ...]]]  # -> (replicas, ISR)
+
+    @classmethod
+    def of(cls, response: Mapping[str, Any]) -> BrokerView:
+        """From a Metadata response as kafka-python's `to_object()` gives it."""
+        return cls(frozenset(b["node_id"] for b in response["brokers"]),
+                   {(t["topic"], p["partition"]): (tuple(p["replicas"]), tuple(p["isr"]))
+                    for t in response["topics"] for p in t["partitions"]})
+
+
+def broker_in_sync(view: BrokerView, broker_id: int) -> str | None:
+    """None when, in `view`, the broker is registered (unfenced) and in the ISR of every partition it
+    holds a replica of; otherwise what is still missing."""
+    if broker_id not in view.brokers:
+        return f"broker {broker_id} is not among the live brokers {sorted(view.brokers)}"
+    lagging = [f"{topic}-{p}" for (topic, p), (replicas, isr) in sorted(view.partitions.items())
+               if broker_id in replicas and broker_id not in isr]
     if lagging:
         more = f" (+{len(lagging) - 5} more)" if len(lagging) > 5 else ""
         return f"broker {broker_id} is not yet in the ISR of {', '.join(lagging[:5])}{more}"
+    return None
+
+
+def in_sync_everywhere(broker_id: int, views: Mapping[int, BrokerView], running: Iterable[int]) -> str | None:
+    """None when every running broker's own metadata holds the broker in sync (so a client that goes on
+    at once finds it so whichever broker it asks); otherwise the first one that does not, and why."""
+    for other in sorted(running):
+        if other not in views:
+            return f"kafka-{other} does not answer a metadata request sent to it yet"
+        reason = broker_in_sync(views[other], broker_id)
+        if reason is not None:
+            return f"as kafka-{other} tells it, {reason}"
     return None
 
 
@@ -534,7 +562,7 @@ class _Probes:
     def __init__(self, ports: ClusterPorts) -> None:
         self.ports = ports
         self._cql: dict[Member, tuple[Any, Any]] = {}
-        self._admin: Any = None
+        self._kafka: Any = None
 
     def gossip(self, member: Member) -> dict[str, GossipEntry] | None:
         if localstack._port_free(self.ports.cql, member.host):
@@ -572,21 +600,48 @@ class _Probes:
         if cluster is not None:
             cluster.shutdown()
 
-    def kafka_metadata(self) -> Any:
-        from confluent_kafka.admin import AdminClient
+    def kafka_views(self, brokers: Iterable[Member]) -> dict[int, BrokerView]:
+        """Each broker's own metadata, asked of it (librdkafka sends a metadata request to a broker of its
+        own choosing, kafka-python to the one named); a broker that does not answer is left out."""
+        from kafka.client_async import KafkaClient
+        from kafka.protocol.metadata import MetadataRequest
 
-        if self._admin is None:
-            self._admin = AdminClient({"bootstrap.servers": ClusterEndpoints.for_ports(self.ports).bootstrap_servers,
-                                       "socket.timeout.ms": 3000, "log_level": 0})
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+        views: dict[int, BrokerView] = {}
         try:
-            return self._admin.list_topics(timeout=3)
-        except Exception:  # noqa: BLE001 - any failure means "not ready yet"
-            return None
+            if self._kafka is None:
+                self._kafka = KafkaClient(bootstrap_servers=ClusterEndpoints.for_ports(self.ports).bootstrap_servers,
+                                          request_timeout_ms=3000, api_version_auto_timeout_ms=3000)
+            client = self._kafka
+            # Learn the addresses of brokers unfenced since the last round.
+            client.poll(future=client.cluster.request_update(), timeout_ms=3000)
+            for member in brokers:
+                deadline = time.monotonic() + 3
+                while not client.ready(member.broker_id) and time.monotonic() < deadline:
+                    client.poll(timeout_ms=50)
+                if not client.is_ready(member.broker_id):
+                    continue
+                # Version 8: the newest without tagged fields, which every broker since 2.3 and 4.x answers.
+                future = client.send(member.broker_id, MetadataRequest[8](
+                    topics=None, allow_auto_topic_creation=False, include_cluster_authorized_operations=False,
+                    include_topic_authorized_operations=False))
+                client.poll(future=future, timeout_ms=3000)
+                if future.succeeded():
+                    views[member.broker_id] = BrokerView.of(future.value.to_object())
+        except Exception:  # noqa: BLE001 - any failure means "not ready yet"; the next round connects afresh
+            self._close_kafka()
+        return views
+
+    def _close_kafka(self) -> None:
+        if self._kafka is not None:
+            with contextlib.suppress(Exception):
+                self._kafka.close()
+            self._kafka = None
 
     def close(self) -> None:
         for member in list(self._cql):
             self._drop(member)
-        self._admin = None
+        self._close_kafka()
 
 
 def _logs(member: Member) -> str:
@@ -604,8 +659,9 @@ def wait_ready(*names: str | Member, timeout: float | None = None, echo: Echo = 
 
     A Cassandra node is ready when it answers CQL and it and every other running node see each other UP
     (see `sees_up`); when all three run, each must also coordinate a read at ALL. A broker is ready
-    when it is among the live (unfenced) brokers and in the ISR of every partition it has a replica of.
-    A member that is stopped, paused or dies while waited for ends the wait with its log."""
+    when it is among the live (unfenced) brokers and in the ISR of every partition it has a replica of,
+    in the metadata of every running broker, each asked for its own (a client that goes on at once may
+    ask any of them). A member that is stopped, paused or dies while waited for ends the wait with its log."""
     wanted = members(names or None)
     timeout = _ready_timeout() if timeout is None else timeout
     ports = current_ports()
@@ -631,10 +687,13 @@ def wait_ready(*names: str | Member, timeout: float | None = None, echo: Echo = 
                 if len(views) == len(CASSANDRA_MEMBERS):
                     # The whole ring runs: also ask each node to coordinate a read of all three replicas.
                     reaches_all = {node: probes.reaches_all(node) for node in CASSANDRA_MEMBERS}
-            metadata = probes.kafka_metadata() if any(m.service == "kafka" for m in pending) else None
+            running_brokers = [m for m in KAFKA_MEMBERS if state(m) == "running"]
+            brokers_view = (probes.kafka_views(running_brokers) if any(m.service == "kafka" for m in pending)
+                            else {})
             for member in pending:
                 reason = (_cassandra_not_ready(member, views, reaches_all) if member.service == "cassandra"
-                          else _kafka_not_ready(member, metadata, ports))
+                          else _kafka_not_ready(member, brokers_view, [m.broker_id for m in running_brokers],
+                                                ports))
                 if reason is None:
                     took[member.name] = time.monotonic() - start
                     echo(f"{member} ready ({took[member.name]:.1f}s)")
@@ -648,6 +707,15 @@ def wait_ready(*names: str | Member, timeout: float | None = None, echo: Echo = 
                     f"not ready within {timeout:.0f}s (raise STACK_READY_TIMEOUT, or read the logs under "
                     f"{cluster_dir()}):\n" + "\n".join(lines))
             time.sleep(1.0)
+    finally:
+        probes.close()
+
+
+def broker_views() -> dict[int, BrokerView]:
+    """The metadata each running broker gives when asked for its own (see `BrokerView`)."""
+    probes = _Probes(current_ports())
+    try:
+        return probes.kafka_views([m for m in KAFKA_MEMBERS if state(m) == "running"])
     finally:
         probes.close()
 
@@ -672,12 +740,11 @@ def _cassandra_not_ready(member: Member, views: dict[Member, dict[str, GossipEnt
     return None
 
 
-def _kafka_not_ready(member: Member, metadata: Any, ports: ClusterPorts) -> str | None:
+def _kafka_not_ready(member: Member, views: Mapping[int, BrokerView], running: list[int],
+                     ports: ClusterPorts) -> str | None:
     if localstack._port_free(ports.broker_port(member.index), member.host):
         return f"{member.host}:{ports.broker_port(member.index)} is not listening yet"
-    if metadata is None:
-        return "no broker answers metadata requests"
-    return broker_in_sync(metadata, member.broker_id)
+    return in_sync_everywhere(member.broker_id, views, running)
 
 
 # --------------------------------------------------------------------------- the cluster

@@ -241,25 +241,40 @@ def test_a_node_is_seen_up_from_its_current_generation_and_a_recent_heartbeat(
     assert cluster.sees_up(observed, own) is up
 
 
-def _metadata(brokers: list[int], partitions: dict[str, list[tuple[list[int], list[int]]]]) -> object:
-    from types import SimpleNamespace
-
-    return SimpleNamespace(
-        brokers={b: object() for b in brokers},
-        topics={t: SimpleNamespace(partitions={i: SimpleNamespace(replicas=r, isrs=isr)
-                                               for i, (r, isr) in enumerate(ps)})
-                for t, ps in partitions.items()},
-    )
+def _view(brokers: list[int], partitions: dict[str, list[tuple[list[int], list[int]]]]) -> cluster.BrokerView:
+    return cluster.BrokerView(frozenset(brokers), {(t, i): (tuple(r), tuple(isr))
+                                                   for t, ps in partitions.items() for i, (r, isr) in enumerate(ps)})
 
 
 def test_a_broker_is_in_sync_when_live_and_in_the_isr_of_all_its_partitions() -> None:
-    full = _metadata([1, 2, 3], {"t": [([1, 2, 3], [1, 2, 3]), ([2, 3, 1], [2, 3, 1])], "u": [([1, 2], [2, 1])]})
+    full = _view([1, 2, 3], {"t": [([1, 2, 3], [1, 2, 3]), ([2, 3, 1], [2, 3, 1])], "u": [([1, 2], [2, 1])]})
     assert cluster.broker_in_sync(full, 3) is None
-    fenced = _metadata([1, 2], {"t": [([1, 2, 3], [1, 2])]})
+    fenced = _view([1, 2], {"t": [([1, 2, 3], [1, 2])]})
     assert "not among the live brokers [1, 2]" in (cluster.broker_in_sync(fenced, 3) or "")
-    catching_up = _metadata([1, 2, 3], {"t": [([1, 2, 3], [1, 2]), ([1, 2, 3], [1, 2, 3])], "u": [([1, 2], [1, 2])]})
+    catching_up = _view([1, 2, 3], {"t": [([1, 2, 3], [1, 2]), ([1, 2, 3], [1, 2, 3])], "u": [([1, 2], [1, 2])]})
     assert cluster.broker_in_sync(catching_up, 3) == "broker 3 is not yet in the ISR of t-0"
     assert cluster.broker_in_sync(catching_up, 1) is None  # u-0 holds no replica on 3
+
+
+def test_a_broker_is_ready_only_when_every_running_broker_tells_it_in_sync() -> None:
+    synced = _view([1, 2, 3], {"t": [([1, 2, 3], [1, 2, 3])]})
+    behind = _view([1, 2, 3], {"t": [([1, 2, 3], [1, 2])]})  # has not replayed the ISR change yet
+    assert cluster.in_sync_everywhere(3, {1: synced, 2: synced, 3: synced}, [1, 2, 3]) is None
+    assert cluster.in_sync_everywhere(3, {1: synced, 2: behind, 3: synced}, [1, 2, 3]) == (
+        "as kafka-2 tells it, broker 3 is not yet in the ISR of t-0")
+    assert cluster.in_sync_everywhere(3, {1: synced, 3: synced}, [1, 2, 3]) == (
+        "kafka-2 does not answer a metadata request sent to it yet")
+    assert cluster.in_sync_everywhere(3, {1: synced, 3: synced}, [1, 3]) is None  # kafka-2 is stopped
+
+
+def test_a_brokers_view_is_read_from_its_metadata_answer() -> None:
+    answer = {"brokers": [{"node_id": 1, "host": "h", "port": 1}, {"node_id": 3, "host": "h", "port": 3}],
+              "topics": [{"topic": "t", "partitions": [{"partition": 0, "replicas": [1, 3], "isr": [1]},
+                                                       {"partition": 1, "replicas": [3, 1], "isr": [3, 1]}]}]}
+    view = cluster.BrokerView.of(answer)
+    assert view.brokers == {1, 3}
+    assert view.partitions == {("t", 0): ((1, 3), (1,)), ("t", 1): ((3, 1), (3, 1))}
+    assert cluster.broker_in_sync(view, 3) == "broker 3 is not yet in the ISR of t-0"
 
 
 def test_cluster_status_in_an_empty_state_dir_has_six_stopped_members() -> None:
