@@ -24,6 +24,7 @@ import numpy as np
 from cassandra.concurrent import execute_concurrent
 
 from consumer.app import settle_heap
+from consumer.cassandra.binding import UPDATE_OLDER_LAYOUT, RoundBinder
 from consumer.cassandra.schema import table_name
 from consumer.cassandra.window import when_answered
 from consumer.cassandra.writer import CassandraStore
@@ -163,11 +164,16 @@ def _first(rows: EncodedRows) -> EncodedRows:
                        {f: v[:1] for f, v in rows.values.items()})
 
 
-def _update_older_batch(session: Any, keyspace: str, view: FeatureView) -> Any:
+def _update_older_batch(session: Any, keyspace: str, view: FeatureView) -> RoundBinder:
+    """The prepared batch, bound as our writer binds it: each distinct parameter serialized once
+    (consumer/cassandra/binding.py), which costs less client CPU than the driver's `bind`."""
     table = table_name(keyspace, view)
     body = " ".join(f"UPDATE {table} SET value = ?, event_ts = ?, created_ts = ? WHERE entity_key = ? AND "
                     f"feature_name = '{f.name}' IF event_ts < ?;" for f in view.features)
-    return session.prepare(f"BEGIN UNLOGGED BATCH {body} APPLY BATCH")
+    binder = RoundBinder(session.prepare(f"BEGIN UNLOGGED BATCH {body} APPLY BATCH"), UPDATE_OLDER_LAYOUT,
+                         len(view.features))
+    assert binder.fast, "(b) would bind through the driver's bind"
+    return binder
 
 
 @dataclass
@@ -201,12 +207,10 @@ def raw_paced(session: Any, keyspace: str, view: FeatureView, keys: Sequence[str
         if delay > 0:
             time.sleep(delay)
         ms = int(time.time() * 1000)
-        params: list[Any] = []
-        for _f in view.features:
-            params += (b"\x00", ms, ms, key, ms)
+        request = prepared.bind(key, ms, ms, [b"\x00"] * len(view.features))
         sent = time.perf_counter()
         # As our writer does: else each request is a reference cycle (consumer/cassandra/window.py).
-        when_answered(session.execute_async(prepared.bind(params)), done, failed, sent)
+        when_answered(session.execute_async(request), done, failed, sent)
     for _ in keys:
         answered.acquire()
     seconds = time.perf_counter() - started
@@ -237,10 +241,8 @@ def raw_loop(session: Any, keyspace: str, view: FeatureView, rows: Sequence[Row]
             position += 1
             outstanding += 1
         created = None if created_ms == NULL_MS else created_ms
-        params: list[Any] = []
-        for f in features:
-            params += (values[f], event_ms, created, key, event_ms)
-        when_answered(session.execute_async(prepared.bind(params)), answered, failed)  # as our writer does
+        request = prepared.bind(key, event_ms, created, [values[f] for f in features])
+        when_answered(session.execute_async(request), answered, failed)  # as our writer does
 
     def answered(_rows: Any) -> None:
         nonlocal outstanding

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from consumer.cassandra.binding import INSERT_LAYOUT, UPDATE_OLDER_LAYOUT, RoundBinder
 from consumer.cassandra.schema import table_name
 from consumer.core.guard import NULL_MS, Op, Step
 from consumer.core.views import FeatureView, check_identifier
@@ -30,8 +31,8 @@ class Statements:
     # The common rounds, one prepared conditional batch for all of the view's features: one statement to
     # bind instead of one per feature (the client's CPU is shared with Cassandra's).
     features: tuple[str, ...]
-    insert_all: Any
-    update_older_all: Any
+    insert_all: RoundBinder
+    update_older_all: RoundBinder
 
     @classmethod
     def prepare(cls, session: Any, keyspace: str, view: FeatureView) -> Statements:
@@ -47,11 +48,13 @@ class Statements:
             select=session.prepare(
                 f"SELECT feature_name, value, event_ts, created_ts FROM {table} WHERE entity_key = ?"),
             features=tuple(f.name for f in view.features),
-            insert_all=session.prepare(_batch_of(f"{insert} VALUES (?, '{{feature}}', ?, ?, ?) IF NOT EXISTS",
-                                                 view)),
-            update_older_all=session.prepare(_batch_of(
+            insert_all=RoundBinder(session.prepare(_batch_of(
+                f"{insert} VALUES (?, '{{feature}}', ?, ?, ?) IF NOT EXISTS", view)), INSERT_LAYOUT,
+                len(view.features)),
+            update_older_all=RoundBinder(session.prepare(_batch_of(
                 f"UPDATE {table} SET value = ?, event_ts = ?, created_ts = ? "
                 "WHERE entity_key = ? AND feature_name = '{feature}' IF event_ts < ?", view)),
+                UPDATE_OLDER_LAYOUT, len(view.features)),
         )
 
     def request(self, key: str, ours: tuple[int, int], values: dict[str, bytes], steps: dict[str, Step]) -> Any:
@@ -76,18 +79,12 @@ class Statements:
         op = steps[self.features[0]].op
         if any(step.op is not op for step in steps.values()):
             return None
+        if op is not Op.INSERT and op is not Op.UPDATE_OLDER:
+            return None
         event_ms, created_ms = ours
-        created = None if created_ms == NULL_MS else created_ms
-        params: list[Any] = []
-        if op is Op.INSERT:
-            for feature in self.features:
-                params += (key, values[feature], event_ms, created)
-            return self.insert_all.bind(params)
-        if op is Op.UPDATE_OLDER:
-            for feature in self.features:
-                params += (values[feature], event_ms, created, key, event_ms)
-            return self.update_older_all.bind(params)
-        return None
+        binder = self.insert_all if op is Op.INSERT else self.update_older_all
+        return binder.bind(key, event_ms, None if created_ms == NULL_MS else created_ms,
+                           [values[feature] for feature in self.features])
 
     def _bind(self, key: str, ours: tuple[int, int], value: bytes, feature: str, step: Step) -> Any:
         event_ms, created_ms = ours
