@@ -529,7 +529,8 @@ def in_sync_everywhere(broker_id: int, views: Mapping[int, BrokerView], running:
     at once finds it so whichever broker it asks); otherwise the first one that does not, and why."""
     for other in sorted(running):
         if other not in views:
-            return f"kafka-{other} does not answer a metadata request sent to it yet"
+            return (f"kafka-{other} gave no metadata of its own yet (it is not among the live brokers, or it "
+                    "did not answer)")
         reason = broker_in_sync(views[other], broker_id)
         if reason is not None:
             return f"as kafka-{other} tells it, {reason}"
@@ -615,10 +616,12 @@ class _Probes:
             client = self._kafka
             # Learn the addresses of brokers unfenced since the last round.
             client.poll(future=client.cluster.request_update(), timeout_ms=3000)
-            for member in brokers:
-                deadline = time.monotonic() + 3
-                while not client.ready(member.broker_id) and time.monotonic() < deadline:
-                    client.poll(timeout_ms=50)
+            # A broker that is not among the live ones has no address to ask it at: it is not waited for.
+            known = [m for m in brokers if client.cluster.broker_metadata(m.broker_id) is not None]
+            deadline = time.monotonic() + 3
+            while not all(client.ready(m.broker_id) for m in known) and time.monotonic() < deadline:
+                client.poll(timeout_ms=50)
+            for member in known:
                 if not client.is_ready(member.broker_id):
                     continue
                 # Version 8: the newest without tagged fields, which every broker since 2.3 and 4.x answers.

@@ -10,7 +10,8 @@ The rarer rounds (one statement per feature, after a guard learnt something) kee
 The bytes are the driver's own (each column type's `serialize`), into a `BoundStatement` made as the
 driver documents ("may be created directly"), with `values` holding the serialized parameters as `bind`
 leaves them. Where a statement's columns are not what the layout says, or a column encryption policy is
-set (its columns must go through the driver), `bind` is the driver's.
+set (its columns must go through the driver), or the parameters are not what the layout foresees (a NULL
+other than the creation time, a count of values other than the features'), `bind` is the driver's.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _SLOTS = {"value": 0, "event_ts": 1, "created_ts": 2, "entity_key": 3}
 class RoundBinder:
     def __init__(self, prepared: Any, layout: Sequence[str], features: int) -> None:
         self.prepared = prepared
+        self._features = features
         # (value, event, created, key) -> one feature's parameters in the statement's order
         self._pick = itemgetter(*(_SLOTS[name] for name in layout))
         columns = list(getattr(prepared, "column_metadata", None) or ())
@@ -47,7 +49,10 @@ class RoundBinder:
         raw: list[Any] = []
         for value in values:
             raw += pick((value, event_ms, created_ms, key))
-        if not self.fast:
+        # The driver's own checks and messages for what the layout does not foresee: a missing key, value or
+        # event time (NULL), or a count of values other than the features'.
+        if (not self.fast or len(values) != self._features or key is None or event_ms is None
+                or None in values):
             return self.prepared.bind(raw)
         from cassandra.query import BoundStatement
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from consumer.cassandra.connection import CassandraOptions
 from consumer.cassandra.schema import table_name
+from consumer.cassandra.statements import Statements
 from consumer.cassandra.writer import CassandraStore
 from consumer.core.errors import StoreMisconfigured
 from consumer.core.guard import NULL_MS
@@ -171,5 +172,18 @@ def test_a_missing_table_stops_the_writer_with_a_configuration_error(stack, keys
             store.write(driver_view(), rows_of([("k1", 1000, None, b"v1")]))
         store.create_schema([driver_view()], create_keyspace=False)
         assert store.write(driver_view(), rows_of([("k1", 1000, None, b"v1")])).statuses == [RowStatus.APPLIED]
+    finally:
+        store.close()
+
+
+@pytest.mark.integration
+def test_the_common_rounds_are_bound_without_the_drivers_bind(stack, keyspace) -> None:  # type: ignore[no-untyped-def]
+    """Cassandra names a batch's bind markers after their columns, as the round binder's layouts expect;
+    were it otherwise, every round would quietly fall back to the driver's slower `bind`."""
+    store = CassandraStore(CassandraOptions(hosts=(stack.cql_host,), port=stack.cql_port, keyspace=keyspace))
+    try:
+        store.create_schema([driver_view()], create_keyspace=False)
+        statements = Statements.prepare(store.session, keyspace, driver_view())
+        assert statements.insert_all.fast and statements.update_older_all.fast
     finally:
         store.close()

@@ -82,3 +82,17 @@ def test_columns_under_an_encryption_policy_are_bound_by_the_driver() -> None:
     assert not binder.fast
     assert binder.bind("k", 5, 6, [b"a", b"b"]).values == drivers_bind(statement, INSERT_LAYOUT, "k", 5, 6,
                                                                        [b"a", b"b"]).values
+
+
+def test_parameters_the_layout_does_not_foresee_get_the_drivers_checks() -> None:
+    statement = prepared(UPDATE_OLDER_LAYOUT, 2)
+    binder = RoundBinder(statement, UPDATE_OLDER_LAYOUT, 2)
+    assert binder.fast
+    with pytest.raises(ValueError, match="Too many arguments"):
+        binder.bind("k", 5, None, [b"a", b"b", b"c"])
+    short = binder.bind("k", 5, None, [b"a"])  # the driver leaves the rest unset (protocol v4)
+    assert short.values == drivers_bind(statement, UPDATE_OLDER_LAYOUT, "k", 5, None, [b"a"]).values
+    assert len(short.values) == 10
+    null_value = binder.bind("k", 5, 6, [b"a", None])  # type: ignore[list-item]
+    assert null_value.values == drivers_bind(statement, UPDATE_OLDER_LAYOUT, "k", 5, 6, [b"a", None]).values  # type: ignore[list-item]
+    assert null_value.values[5] is None

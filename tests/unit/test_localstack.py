@@ -263,15 +263,18 @@ def test_a_broker_is_ready_only_when_every_running_broker_tells_it_in_sync() -> 
     assert cluster.in_sync_everywhere(3, {1: synced, 2: behind, 3: synced}, [1, 2, 3]) == (
         "as kafka-2 tells it, broker 3 is not yet in the ISR of t-0")
     assert cluster.in_sync_everywhere(3, {1: synced, 3: synced}, [1, 2, 3]) == (
-        "kafka-2 does not answer a metadata request sent to it yet")
+        "kafka-2 gave no metadata of its own yet (it is not among the live brokers, or it did not answer)")
     assert cluster.in_sync_everywhere(3, {1: synced, 3: synced}, [1, 3]) is None  # kafka-2 is stopped
 
 
 def test_a_brokers_view_is_read_from_its_metadata_answer() -> None:
-    answer = {"brokers": [{"node_id": 1, "host": "h", "port": 1}, {"node_id": 3, "host": "h", "port": 3}],
-              "topics": [{"topic": "t", "partitions": [{"partition": 0, "replicas": [1, 3], "isr": [1]},
-                                                       {"partition": 1, "replicas": [3, 1], "isr": [3, 1]}]}]}
-    view = cluster.BrokerView.of(answer)
+    from kafka.protocol.metadata import MetadataResponse
+
+    # The answer as it comes off the wire (encoded and decoded by the client's own protocol classes), in the
+    # version the readiness check asks for.
+    answer = MetadataResponse[8](0, [(1, "h", 1, None), (3, "h", 3, None)], "cluster", 1, [
+        (0, "t", False, [(0, 0, 1, 0, [1, 3], [1], []), (0, 1, 3, 0, [3, 1], [3, 1], [])], set())], set())
+    view = cluster.BrokerView.of(MetadataResponse[8].decode(answer.encode()).to_object())
     assert view.brokers == {1, 3}
     assert view.partitions == {("t", 0): ((1, 3), (1,)), ("t", 1): ((3, 1), (3, 1))}
     assert cluster.broker_in_sync(view, 3) == "broker 3 is not yet in the ISR of t-0"
