@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,22 +106,43 @@ def cql_session(stack: localstack.Endpoints):  # type: ignore[no-untyped-def]
     from cassandra.policies import ConstantReconnectionPolicy
 
     # The fault suite stops and restarts Cassandra: reconnect at once, not after the default's long backoff.
+    # And notice a dead connection while idle (a heartbeat every second, not 30): the driver learns that its
+    # pooled connection died only when it next uses it, so the first request after a restart failed
+    # (ConnectionShutdown), and those of the next half second found the node marked down.
     cluster = Cluster([stack.cql_host], port=stack.cql_port, protocol_version=4,
-                      reconnection_policy=ConstantReconnectionPolicy(0.5, None))
+                      reconnection_policy=ConstantReconnectionPolicy(0.5, None), idle_heartbeat_interval=1)
     session = cluster.connect()
     yield session
     cluster.shutdown()
+
+
+def execute_when_up(session: Any, cql: str, timeout_s: float = 30.0) -> Any:
+    """`cql`, sent again while no host takes it: the shared session may still be reconnecting to a node a
+    test has just started again (up to its reconnection delay after the node answers)."""
+    from cassandra.cluster import NoHostAvailable
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return session.execute(cql)
+        except NoHostAvailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
 
 
 @pytest.fixture
 def keyspace(request: pytest.FixtureRequest, cql_session) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """A uniquely named keyspace for one test, dropped afterwards."""
     name = unique_name(request, "ks")
-    cql_session.execute(
-        f"CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+    execute_when_up(
+        cql_session,
+        # IF NOT EXISTS: a request whose connection broke may have reached the node before it is sent again.
+        f"CREATE KEYSPACE IF NOT EXISTS {name} WITH replication = "
+        "{'class': 'SimpleStrategy', 'replication_factor': 1}",
     )
     yield name
-    cql_session.execute(f"DROP KEYSPACE IF EXISTS {name}")
+    execute_when_up(cql_session, f"DROP KEYSPACE IF EXISTS {name}")
 
 
 # --------------------------------------------------------------------------- the daemon
