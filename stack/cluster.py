@@ -607,10 +607,10 @@ class _Probes:
         from kafka.client_async import KafkaClient
         from kafka.protocol.metadata import MetadataRequest
 
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
         views: dict[int, BrokerView] = {}
         try:
             if self._kafka is None:
+                logging.getLogger("kafka").setLevel(logging.CRITICAL)
                 self._kafka = KafkaClient(bootstrap_servers=ClusterEndpoints.for_ports(self.ports).bootstrap_servers,
                                           request_timeout_ms=3000, api_version_auto_timeout_ms=3000)
             client = self._kafka

@@ -36,6 +36,9 @@ class RoundBinder:
         self.fast = (getattr(prepared, "column_encryption_policy", None) is None
                      and [c.name for c in columns] == list(layout) * features)
         if self.fast:
+            from cassandra.query import BoundStatement
+
+            self._bound = BoundStatement
             types = {c.name: c.type for c in columns}
             self._protocol = prepared.protocol_version
             self._key = types["entity_key"].serialize
@@ -54,15 +57,13 @@ class RoundBinder:
         if (not self.fast or len(values) != self._features or key is None or event_ms is None
                 or None in values):
             return self.prepared.bind(raw)
-        from cassandra.query import BoundStatement
-
         protocol = self._protocol
         key_bytes, event = self._key(key, protocol), self._time(event_ms, protocol)
         created = None if created_ms is None else self._created(created_ms, protocol)
         out: list[Any] = []
         for value in values:
             out += pick((self._value(value, protocol), event, created, key_bytes))
-        bound = BoundStatement(self.prepared)
+        bound = self._bound(self.prepared)
         bound.raw_values = raw
         bound.values = out
         return bound
